@@ -1,0 +1,231 @@
+r"""Batch normalisation (Ioffe & Szegedy 2015): a fused, kernel-backed primitive for training, its
+composed twin from mean/var/sqrt ops (the oracle it is tested against), and the eval-mode affine.
+
+For x of shape (N, C) or (N, C, H, W), statistics run over every axis but the channel axis 1,
+:math:`m = N` or :math:`N H W` values per channel:
+
+.. math::
+
+    \mu_c = \frac1m \sum x, \quad \sigma_c^2 = \frac1m \sum (x - \mu_c)^2, \quad
+    \hat x = (x - \mu_c)\,r_c,\ \ r_c = (\sigma_c^2 + \varepsilon)^{-1/2}, \quad
+    y = \gamma_c\, \hat x + \beta_c
+
+and the VJP (sums over the same axes):
+
+.. math::
+
+    \bar\beta_c = \sum \bar y, \quad \bar\gamma_c = \sum \bar y\,\hat x, \quad
+    \bar x = \gamma_c\, r_c \Big(\bar y - \frac{\bar\beta_c}{m} - \hat x\,\frac{\bar\gamma_c}{m}\Big).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from refnas.backend import kernel, register_kernel
+from refnas.ops import sampling as S
+from refnas.ops.elementwise import _const, add, div, mul, sqrt, sub
+from refnas.ops.reduce import mean, sum as sum_op, var
+from refnas.ops.registry import OpError, primitive
+from refnas.ops.shape import reshape
+from refnas.tensor import Tensor, _array_module, describe, is_grad_enabled
+
+__all__ = ["batch_norm", "batch_norm_primitive", "batch_norm_composed"]
+
+
+def _axes(ndim: int) -> tuple[int, ...]:
+    """Every axis but the channel axis 1."""
+    return (0,) + tuple(range(2, ndim))
+
+
+def _per_channel(ndim: int, c: int) -> tuple[int, ...]:
+    """The shape (1, C) or (1, C, 1, 1) that broadcasts a per-channel vector against x."""
+    return (1, c) + (1,) * (ndim - 2)
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy reference kernels
+# --------------------------------------------------------------------------------------------
+@register_kernel("batch_norm_forward")
+def batch_norm_forward_reference(x, weight, bias, eps: float):
+    r""":math:`(y, \mu, r)` of training-mode batch norm with the biased variance (two passes:
+    the mean, then the squares of the centred values) (NumPy reference)."""
+    xp = _array_module(x)
+    axes, shape = _axes(x.ndim), _per_channel(x.ndim, x.shape[1])
+    mu = x.mean(axis=axes)
+    centered = x - mu.reshape(shape)
+    invstd = 1.0 / xp.sqrt((centered * centered).mean(axis=axes) + eps)
+    y = centered * (invstd * weight).reshape(shape) + bias.reshape(shape)
+    return tuple(a.astype(x.dtype, copy=False) for a in (y, mu, invstd))
+
+
+@register_kernel("batch_norm_backward")
+def batch_norm_backward_reference(gy, x, weight, mean, invstd):
+    r""":math:`(\bar x, \bar\gamma, \bar\beta)` from the saved :math:`\mu, r` (module docstring)
+    (NumPy reference)."""
+    axes, shape = _axes(x.ndim), _per_channel(x.ndim, x.shape[1])
+    m = x.size // x.shape[1]
+    x_hat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    g_bias = gy.sum(axis=axes)
+    g_weight = (gy * x_hat).sum(axis=axes)
+    g_x = (weight * invstd).reshape(shape) * (
+        gy - (g_bias / m).reshape(shape) - x_hat * (g_weight / m).reshape(shape))
+    return tuple(a.astype(x.dtype, copy=False) for a in (g_x, g_weight, g_bias))
+
+
+# --------------------------------------------------------------------------------------------
+# The fused primitive
+# --------------------------------------------------------------------------------------------
+def _sample_batch_norm(draw):
+    c = draw.integers(1, 3)
+    shape = ((draw.integers(3, 5), c) if draw.boolean() else
+             (draw.integers(1, 2), c, draw.integers(2, 3), draw.integers(1, 3)))
+    x = S.array(draw, shape)
+    # Spread every channel out (-1, 0, 1, -1, ...): a near-constant channel has a huge 1/sigma,
+    # which makes finite differences meaningless.
+    spread = np.arange(np.prod(shape) // c).reshape(shape[:1] + shape[2:]) % 3 - 1.0
+    x += np.expand_dims(spread, 1)
+    weight, bias = S.array(draw, (c,), "nonzero"), S.array(draw, (c,))
+    return (x, weight, bias), {"eps": draw.choice([1e-5, 1e-3])}
+
+
+@primitive(name="batch_norm", saves=True, sample=_sample_batch_norm)
+def batch_norm_primitive(x, weight, bias, *, eps=1e-5):
+    r"""Training-mode batch norm with batch statistics (fused kernel); saves :math:`\mu, r`.
+
+    First-order VJP: the fused ``batch_norm_backward`` kernel. When the backward pass is itself
+    recorded (``create_graph=True``), the same formulas are evaluated in refnas ops from x
+    (:func:`_batch_norm_vjp_ops`), so second and higher derivatives exist.
+    """
+    _check_training("batch_norm", x, weight, bias)
+    y, mu, invstd = kernel("batch_norm_forward")(x, weight, bias, float(eps))
+    return y, {"mean": mu, "invstd": invstd}
+
+
+@batch_norm_primitive.defvjp
+def batch_norm_vjp(g, out, x, weight, bias, *, eps, mean, invstd):
+    if not is_grad_enabled():   # a plain backward: nothing records, the fused kernel suffices
+        grads = kernel("batch_norm_backward")(g.data, x.data, weight.data, mean, invstd)
+        return tuple(Tensor._wrap(a) for a in grads)
+    return _batch_norm_vjp_ops(g, x, weight, eps)
+
+
+def _batch_norm_vjp_ops(g: Tensor, x: Tensor, weight: Tensor, eps: float):
+    """The VJP of the module docstring in refnas ops, with :math:`\\mu, r` recomputed from x so
+    that their dependence on x is differentiated too."""
+    axes, shape = _axes(x.ndim), _per_channel(x.ndim, x.shape[1])
+    centered = sub(x, mean(x, axis=axes, keepdims=True))
+    invstd = div(1.0, sqrt(add(mean(mul(centered, centered), axis=axes, keepdims=True), eps)))
+    x_hat = mul(centered, invstd)
+    g_bias = sum_op(g, axis=axes)
+    g_weight = sum_op(mul(g, x_hat), axis=axes)
+    inner = sub(sub(g, mean(g, axis=axes, keepdims=True)),
+                mul(x_hat, mean(mul(g, x_hat), axis=axes, keepdims=True)))
+    g_x = mul(mul(reshape(weight, shape=shape), invstd), inner)
+    return g_x, g_weight, g_bias
+
+
+def _check_operands(op: str, x, weight, bias) -> None:
+    if x.ndim not in (2, 4) or x.dtype.kind != "f":
+        raise OpError(f"{op}: input must be floating (N, C) or (N, C, H, W), got "
+                      f"{describe([x])}")
+    c = x.shape[1]
+    for name, a in (("weight", weight), ("bias", bias)):
+        if tuple(a.shape) != (c,) or a.dtype != x.dtype:
+            raise OpError(f"{op}: {name} must have shape ({c},) and dtype {x.dtype} for an "
+                          f"input {describe([x])}, got {describe([a])}")
+
+
+def _check_training(op: str, x, weight, bias) -> None:
+    _check_operands(op, x, weight, bias)
+    if x.size // max(x.shape[1], 1) < 2:
+        raise OpError(f"{op}: training needs more than one value per channel, got an input "
+                      f"{describe([x])}")
+
+
+# --------------------------------------------------------------------------------------------
+# Composed form and the public op
+# --------------------------------------------------------------------------------------------
+def batch_norm_composed(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
+    r"""Training-mode batch norm from ``mean``, ``var`` and ``sqrt`` ops: the oracle of the fused
+    :func:`batch_norm_primitive`, :math:`y = \gamma\,(x - \mu)/\sqrt{\sigma^2 + \varepsilon}
+    + \beta`."""
+    axes, shape = _axes(x.ndim), _per_channel(x.ndim, x.shape[1])
+    x_hat = div(sub(x, mean(x, axis=axes, keepdims=True)),
+                sqrt(add(var(x, axis=axes, keepdims=True), eps)))
+    return add(mul(x_hat, reshape(weight, shape=shape)), reshape(bias, shape=shape))
+
+
+def _vector(value: Any, c: int, fill: float, like: Tensor) -> Tensor:
+    """A per-channel parameter as a Tensor; ``None`` becomes the constant ``fill``."""
+    if value is None:
+        return _const(like.xp.full((c,), fill, dtype=like.dtype))
+    return value if isinstance(value, Tensor) else _const(like.xp.asarray(value))
+
+
+def _buffer(value: Any):
+    """The array behind a running-statistics buffer (updated in place, never differentiated)."""
+    return value.data if isinstance(value, Tensor) else value
+
+
+def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None,
+               running_mean: Tensor | np.ndarray | None = None,
+               running_var: Tensor | np.ndarray | None = None, training: bool = True,
+               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    r"""Batch normalisation of x (N, C) or (N, C, H, W); ``None`` weight/bias mean 1/0.
+
+    Training: batch statistics (fused primitive), and the given running statistics are updated
+    in place as PyTorch does, :math:`\hat\mu \leftarrow (1-\alpha)\hat\mu + \alpha\mu`,
+    :math:`\hat\sigma^2 \leftarrow (1-\alpha)\hat\sigma^2 + \alpha\frac{m}{m-1}\sigma^2`
+    (unbiased). Evaluation: the affine map
+    :math:`y = \gamma\,(x - \hat\mu)/\sqrt{\hat\sigma^2 + \varepsilon} + \beta`.
+    """
+    x = x if isinstance(x, Tensor) else Tensor._wrap(np.asarray(x))
+    if x.ndim not in (2, 4):
+        raise OpError(f"batch_norm: input must be (N, C) or (N, C, H, W), got {describe([x])}")
+    c = x.shape[1]
+    weight, bias = _vector(weight, c, 1.0, x), _vector(bias, c, 0.0, x)
+    check = _check_training if training else _check_operands
+    check("batch_norm", x.data, weight.data, bias.data)
+    stats = {"running_mean": running_mean, "running_var": running_var}
+    for name, buffer in stats.items():
+        if buffer is not None and tuple(buffer.shape) != (c,):
+            raise OpError(f"batch_norm: {name} must have shape ({c},) for an input "
+                          f"{describe([x])}, got {describe([buffer])}")
+    if not 0.0 <= momentum <= 1.0 or not eps > 0:
+        raise OpError(f"batch_norm: need 0 <= momentum <= 1 and eps > 0, got momentum="
+                      f"{momentum}, eps={eps}")
+    if training:
+        y = batch_norm_primitive(x, weight, bias, eps=float(eps))
+        _update_running_stats(x.data, _buffer(running_mean), _buffer(running_var), momentum)
+        return y
+    if running_mean is None or running_var is None:
+        raise OpError("batch_norm: evaluation mode (training=False) needs running_mean and "
+                      "running_var")
+    return _eval_affine(x, weight, bias, _buffer(running_mean), _buffer(running_var), eps)
+
+
+def _update_running_stats(x, running_mean, running_var, momentum: float) -> None:
+    """In-place exponential moving averages of the batch mean and unbiased variance.
+
+    Recomputed from x rather than taken from the fused kernel: the primitive hands its saved
+    statistics only to its VJP, and this pass is cheap next to the normalisation itself.
+    """
+    axes = _axes(x.ndim)
+    if running_mean is not None:
+        running_mean *= 1.0 - momentum
+        running_mean += momentum * x.mean(axis=axes)
+    if running_var is not None:
+        running_var *= 1.0 - momentum
+        running_var += momentum * x.var(axis=axes, ddof=1)
+
+
+def _eval_affine(x: Tensor, weight: Tensor, bias: Tensor, running_mean, running_var,
+                 eps: float) -> Tensor:
+    shape = _per_channel(x.ndim, x.shape[1])
+    xp = x.xp
+    mu = _const(xp.asarray(running_mean, dtype=x.dtype).reshape(shape))
+    invstd = _const((1.0 / xp.sqrt(xp.asarray(running_var, dtype=x.dtype) + eps)).reshape(shape))
+    x_hat = mul(sub(x, mu), invstd)
+    return add(mul(x_hat, reshape(weight, shape=shape)), reshape(bias, shape=shape))
