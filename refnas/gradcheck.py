@@ -131,10 +131,14 @@ def _check_full(f, args, index, y0, eps, atol, rtol, result):
 
         def where(flat_index, shape_in=shape_in, shape_out=shape_out):
             k, j = divmod(flat_index, int(np.prod(shape_in)) or 1)
-            return (f"input index {np.unravel_index(j, shape_in) if shape_in else ()}, "
-                    f"output index {np.unravel_index(k, shape_out) if shape_out else ()}")
+            return f"input index {_index(j, shape_in)}, output index {_index(k, shape_out)}"
 
         _compare(result, analytic[i], numeric, atol, rtol, i, where)
+
+
+def _index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The multi-index of a flat position, as plain ints: ``(1, 0)``."""
+    return tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
 
 
 def _check_projections(f, args, index, y0, eps, atol, rtol, result, rng, n_projections):

@@ -4,18 +4,23 @@ A :class:`Tensor` wraps an ndarray (NumPy, or CuPy on a GPU). When an op is appl
 that require gradients while grad mode is on, the result remembers the op, its input tensors and
 its keyword arguments; that record *is* the graph (micrograd's layout: every tensor is a node).
 
-``backward`` walks the graph from the output in reverse topological order (found iteratively,
-so a chain of 100,000 ops does not hit Python's recursion limit) and asks each op for its
-vector-Jacobian product (VJP). The VJPs are written in refnas ops themselves, so with
-``create_graph=True`` the backward pass is recorded too and can be differentiated again
-(Hessian-vector products); with it off, the same code runs under ``no_grad`` and costs only
-thin wrappers.
+``backward`` walks the graph from the output in reverse topological order and asks each op for
+its vector-Jacobian product (VJP). The order needs no recursion: every op output carries a
+sequence number drawn when it was created, and an op's inputs always exist before its output, so
+sorting the reachable nodes by decreasing number puts every consumer before its inputs (the
+``sequence_nr`` of PyTorch's engine). A chain of 100,000 ops is just a longer list.
+
+The VJPs are written in refnas ops themselves, so with ``create_graph=True`` the backward pass
+is recorded too and can be differentiated again (Hessian-vector products); with it off, the same
+code runs under ``no_grad`` and costs only thin wrappers.
 
 Broadcasting is undone in exactly one place, :func:`_sum_to_shape`, called by the engine on every
 gradient before it reaches an input.
 """
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import traceback
 from contextlib import contextmanager
@@ -26,7 +31,7 @@ import numpy as np
 __all__ = [
     "Tensor", "tensor", "as_tensor", "zeros", "ones", "zeros_like", "ones_like", "full",
     "arange", "randn", "rand", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled",
-    "grad", "detect_anomaly", "is_anomaly_enabled", "AnomalyError", "GraphFreedError",
+    "grad", "backward", "detect_anomaly", "is_anomaly_enabled", "AnomalyError", "GraphFreedError",
 ]
 
 
@@ -83,7 +88,7 @@ def is_anomaly_enabled() -> bool:
 def detect_anomaly(enabled: bool = True) -> Iterator[None]:
     """Opt-in anomaly mode.
 
-    Every op records the stack where it was created and checks its output for NaN/Inf; the
+    Every op records the stack frame where it was created and checks its output for NaN/Inf; the
     backward pass checks every VJP. The first offender raises :class:`AnomalyError` naming the
     op, the shapes and dtypes of its inputs, and where in user code it was created.
     """
@@ -96,11 +101,14 @@ def detect_anomaly(enabled: bool = True) -> Iterator[None]:
         _mode.anomaly = previous
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def _creation_site() -> str:
-    """The innermost stack frame outside refnas itself: where the user created the op."""
-    frames = traceback.extract_stack()[:-1]
-    for frame in reversed(frames):
-        if "/refnas/" not in frame.filename.replace("\\", "/") and "contextlib" not in frame.filename:
+    """The innermost stack frame outside the refnas package: where the user created the op."""
+    for frame in reversed(traceback.extract_stack()[:-1]):
+        filename = os.path.abspath(frame.filename)
+        if not filename.startswith(_PACKAGE_DIR) and "contextlib" not in filename:
             return f"{frame.filename}:{frame.lineno} in {frame.name}: {frame.line}"
     return "<unknown>"
 
@@ -122,12 +130,21 @@ def describe(arrays: Sequence[Any]) -> str:
 # --------------------------------------------------------------------------------------------
 def _array_module(data: Any):
     """NumPy, or CuPy for device arrays: the namespace ``xp`` that reference code uses."""
-    module = type(data).__module__
-    if module.startswith("cupy"):
+    if type(data).__module__.startswith("cupy"):
         import cupy
 
         return cupy
     return np
+
+
+def _as_array(data: Any) -> Any:
+    """``data`` as an ndarray: NumPy scalars (``np.float32(1)``) become 0-d arrays."""
+    if type(data) is np.ndarray or type(data).__module__.startswith("cupy"):
+        return data
+    return np.asarray(data)
+
+
+_sequence = itertools.count(1)  # creation numbers of op outputs; leaves keep 0
 
 
 class Tensor:
@@ -139,64 +156,50 @@ class Tensor:
         grad: accumulated gradient (a Tensor) on leaves and ``retain_grad()`` tensors.
     """
 
-    __slots__ = ("data", "requires_grad", "grad", "_op", "_inputs", "_kwargs", "_retain",
-                 "_hooks", "_site", "_freed", "name", "__weakref__")
+    __slots__ = ("data", "requires_grad", "grad", "_op", "_inputs", "_kwargs", "_seq",
+                 "_retain", "_hooks", "_site", "_freed", "name", "__weakref__")
     __array_priority__ = 1000  # so ndarray <op> Tensor defers to Tensor's reflected operators
 
     def __init__(self, data: Any, requires_grad: bool = False, *, dtype: Any = None,
                  name: str | None = None) -> None:
         if isinstance(data, Tensor):
             data = data.data
-        if type(data) is not np.ndarray and not type(data).__module__.startswith("cupy"):
-            data = np.asarray(data)
+        data = _as_array(data)
         if dtype is not None and data.dtype != dtype:
             data = data.astype(dtype)
+        self._init(data, None, None, None, False)
+        self.name = name
+        if requires_grad:
+            self.requires_grad_(True)
+
+    def _init(self, data: Any, op: Any, inputs: tuple | None, kwargs: dict | None,
+              requires_grad: bool) -> None:
         self.data = data
+        self.requires_grad = requires_grad
         self.grad: Tensor | None = None
-        self._op = None
-        self._inputs: tuple[Tensor, ...] | None = None
-        self._kwargs: dict | None = None
+        self._op = op
+        self._inputs = inputs
+        self._kwargs = kwargs
+        self._seq = next(_sequence) if op is not None else 0
         self._retain = False
         self._hooks: list[Callable] | None = None
         self._site: str | None = None
         self._freed = False
-        self.name = name
-        self.requires_grad = False
-        if requires_grad:
-            self.requires_grad_(True)
+        self.name: str | None = None
 
     # -- construction from an op (used by refnas.ops.registry; skips the checks above) --------
     @classmethod
     def _from_op(cls, data: Any, op: Any, inputs: tuple, kwargs: dict) -> "Tensor":
+        """A graph node: the output ``data`` of ``op`` applied to ``inputs`` with ``kwargs``."""
         out = cls.__new__(cls)
-        out.data = data
-        out.grad = None
-        out._op = op
-        out._inputs = inputs
-        out._kwargs = kwargs
-        out._retain = False
-        out._hooks = None
-        out._site = None
-        out._freed = False
-        out.name = None
-        out.requires_grad = True
+        out._init(data, op, inputs, kwargs, True)
         return out
 
     @classmethod
     def _wrap(cls, data: Any) -> "Tensor":
-        """A constant tensor around ``data`` (no graph)."""
+        """A constant tensor around the ndarray ``data`` (no graph)."""
         out = cls.__new__(cls)
-        out.data = data
-        out.grad = None
-        out._op = None
-        out._inputs = None
-        out._kwargs = None
-        out._retain = False
-        out._hooks = None
-        out._site = None
-        out._freed = False
-        out.name = None
-        out.requires_grad = False
+        out._init(data, None, None, None, False)
         return out
 
     # -- basic properties ----------------------------------------------------------------------
@@ -235,12 +238,15 @@ class Tensor:
 
     @property
     def T(self) -> "Tensor":
-        from refnas import ops
-
-        return ops.transpose(self)
+        return _ops.transpose(self)
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __iter__(self) -> Iterator["Tensor"]:
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(len(self)))
 
     def __repr__(self) -> str:
         body = np.array2string(self.numpy(), precision=4, separator=", ", threshold=20)
@@ -276,7 +282,7 @@ class Tensor:
     def item(self) -> float | int | bool:
         if self.size != 1:
             raise ValueError(f"item: only a tensor of one element can be converted, got shape "
-                             f"{self.shape}")
+                             f"{self.shape} ({self.dtype})")
         return self.data.reshape(()).item()
 
     def tolist(self) -> Any:
@@ -286,24 +292,31 @@ class Tensor:
         """A new leaf sharing this tensor's data, cut from the graph."""
         return Tensor._wrap(self.data)
 
-    def to(self, device: str) -> "Tensor":
-        """Move to ``"cpu"`` or ``"cuda"``; the result is a new leaf with the same requires_grad."""
-        if device == self.device:
-            return self
-        if device == "cuda":
-            import cupy
+    def to(self, device: Any = None, dtype: Any = None) -> "Tensor":
+        """Move to ``"cpu"`` / ``"cuda"`` and/or cast to ``dtype`` (``t.to(np.float64)`` works too).
 
-            data = cupy.asarray(self.data)
-        elif device == "cpu":
-            data = self.numpy()
-        else:
-            raise ValueError(f"to: unknown device {device!r}; expected 'cpu' or 'cuda'")
-        return Tensor(data, requires_grad=self.requires_grad)
+        A cast is differentiable (:func:`refnas.ops.astype`); a move between devices gives a new
+        leaf with the same ``requires_grad``.
+        """
+        if device is not None and not isinstance(device, str):
+            device, dtype = None, device
+        out = self
+        if device is not None and device != self.device:
+            if device == "cuda":
+                import cupy
+
+                data = cupy.asarray(self.data)
+            elif device == "cpu":
+                data = self.numpy()
+            else:
+                raise ValueError(f"to: unknown device {device!r}; expected 'cpu' or 'cuda'")
+            out = Tensor(data, requires_grad=self.requires_grad)
+        if dtype is not None and np.dtype(dtype) != out.dtype:
+            out = out.astype(dtype)
+        return out
 
     def astype(self, dtype: Any) -> "Tensor":
-        from refnas import ops
-
-        return ops.astype(self, dtype=np.dtype(dtype))
+        return _ops.astype(self, dtype=np.dtype(dtype))
 
     def float(self) -> "Tensor":
         return self.astype(np.float32)
@@ -317,15 +330,16 @@ class Tensor:
             raise TypeError(f"requires_grad: only floating-point tensors can require gradients, "
                             f"got dtype {self.data.dtype} with shape {self.shape}")
         if not flag and self._op is not None:
-            raise RuntimeError("requires_grad_: cannot switch off gradients of a non-leaf tensor; "
-                               "use .detach()")
+            raise RuntimeError(f"requires_grad_: cannot switch off gradients of the output of "
+                               f"{self._op.name} (a non-leaf tensor); use .detach()")
         self.requires_grad = bool(flag)
         return self
 
     def retain_grad(self) -> "Tensor":
         """Keep ``.grad`` on this non-leaf tensor after backward (leaves always keep it)."""
         if not self.requires_grad:
-            raise RuntimeError("retain_grad: tensor does not require grad")
+            raise RuntimeError(f"retain_grad: tensor of shape {self.shape} ({self.dtype}) does "
+                               f"not require grad")
         self._retain = True
         return self
 
@@ -336,8 +350,8 @@ class Tensor:
         Pruning uses this to read ∂L/∂activation without keeping the graph around.
         """
         if not self.requires_grad:
-            raise RuntimeError("register_hook: cannot register a hook on a tensor that does not "
-                               "require grad")
+            raise RuntimeError(f"register_hook: cannot register a hook on a tensor of shape "
+                               f"{self.shape} ({self.dtype}) that does not require grad")
         if self._hooks is None:
             self._hooks = []
         self._hooks.append(hook)
@@ -362,123 +376,101 @@ class Tensor:
 
     # -- operators (thin: all the work is in refnas.ops) ----------------------------------------
     def __add__(self, other):
-        from refnas import ops
-        return ops.add(self, other)
+        return _ops.add(self, other)
 
     def __radd__(self, other):
-        from refnas import ops
-        return ops.add(other, self)
+        return _ops.add(other, self)
 
     def __sub__(self, other):
-        from refnas import ops
-        return ops.sub(self, other)
+        return _ops.sub(self, other)
 
     def __rsub__(self, other):
-        from refnas import ops
-        return ops.sub(other, self)
+        return _ops.sub(other, self)
 
     def __mul__(self, other):
-        from refnas import ops
-        return ops.mul(self, other)
+        return _ops.mul(self, other)
 
     def __rmul__(self, other):
-        from refnas import ops
-        return ops.mul(other, self)
+        return _ops.mul(other, self)
 
     def __truediv__(self, other):
-        from refnas import ops
-        return ops.div(self, other)
+        return _ops.div(self, other)
 
     def __rtruediv__(self, other):
-        from refnas import ops
-        return ops.div(other, self)
+        return _ops.div(other, self)
 
     def __pow__(self, other):
-        from refnas import ops
-        return ops.pow(self, other)
+        return _ops.pow(self, other)
 
     def __rpow__(self, other):
-        from refnas import ops
-        return ops.pow(other, self)
+        return _ops.pow(other, self)
 
     def __matmul__(self, other):
-        from refnas import ops
-        return ops.matmul(self, other)
+        return _ops.matmul(self, other)
 
     def __rmatmul__(self, other):
-        from refnas import ops
-        return ops.matmul(other, self)
+        return _ops.matmul(other, self)
 
     def __neg__(self):
-        from refnas import ops
-        return ops.neg(self)
+        return _ops.neg(self)
 
     def __pos__(self):
         return self
 
     def __abs__(self):
-        from refnas import ops
-        return ops.abs(self)
+        return _ops.abs(self)
 
     def __getitem__(self, index):
-        from refnas import ops
-        return ops.getitem(self, index)
+        return _ops.getitem(self, index=_normalize_index(index))
 
     # Comparisons give non-differentiable boolean tensors.
-    def _compare(self, other, fn):
+    def _compare(self, other, compare: Callable) -> "Tensor":
         other_data = other.data if isinstance(other, Tensor) else other
-        return Tensor._wrap(fn(self.data, other_data))
+        return Tensor._wrap(_as_array(compare(self.data, other_data)))
 
     def __lt__(self, other):
-        return self._compare(other, lambda a, b: a < b)
+        return self._compare(other, np.less)
 
     def __le__(self, other):
-        return self._compare(other, lambda a, b: a <= b)
+        return self._compare(other, np.less_equal)
 
     def __gt__(self, other):
-        return self._compare(other, lambda a, b: a > b)
+        return self._compare(other, np.greater)
 
     def __ge__(self, other):
-        return self._compare(other, lambda a, b: a >= b)
+        return self._compare(other, np.greater_equal)
 
     def __eq__(self, other):  # type: ignore[override]
-        return self._compare(other, lambda a, b: a == b)
+        return self._compare(other, np.equal)
 
     def __ne__(self, other):  # type: ignore[override]
-        return self._compare(other, lambda a, b: a != b)
+        return self._compare(other, np.not_equal)
 
     # -- method forms of common ops -------------------------------------------------------------
     def sum(self, axis=None, keepdims=False):
-        from refnas import ops
-        return ops.sum(self, axis=axis, keepdims=keepdims)
+        return _ops.sum(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False):
-        from refnas import ops
-        return ops.mean(self, axis=axis, keepdims=keepdims)
+        return _ops.mean(self, axis=axis, keepdims=keepdims)
 
     def max(self, axis=None, keepdims=False):
-        from refnas import ops
-        return ops.max(self, axis=axis, keepdims=keepdims)
+        return _ops.max(self, axis=axis, keepdims=keepdims)
 
     def min(self, axis=None, keepdims=False):
-        from refnas import ops
-        return ops.min(self, axis=axis, keepdims=keepdims)
+        return _ops.min(self, axis=axis, keepdims=keepdims)
 
     def var(self, axis=None, keepdims=False, ddof=0):
-        from refnas import ops
-        return ops.var(self, axis=axis, keepdims=keepdims, ddof=ddof)
+        return _ops.var(self, axis=axis, keepdims=keepdims, ddof=ddof)
 
     def reshape(self, *shape):
-        from refnas import ops
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return ops.reshape(self, shape=shape)
+        return _ops.reshape(self, shape=shape)
 
     def transpose(self, *axes):
-        from refnas import ops
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        return ops.transpose(self, axes=axes or None)
+        return _ops.transpose(self, axes=axes or None)
 
     def permute(self, *axes):
         return self.transpose(*axes)
@@ -488,43 +480,43 @@ class Tensor:
         return self.reshape(shape)
 
     def exp(self):
-        from refnas import ops
-        return ops.exp(self)
+        return _ops.exp(self)
 
     def log(self):
-        from refnas import ops
-        return ops.log(self)
+        return _ops.log(self)
 
     def sqrt(self):
-        from refnas import ops
-        return ops.sqrt(self)
+        return _ops.sqrt(self)
 
     def tanh(self):
-        from refnas import ops
-        return ops.tanh(self)
+        return _ops.tanh(self)
 
     def sigmoid(self):
-        from refnas import ops
-        return ops.sigmoid(self)
+        return _ops.sigmoid(self)
 
     def relu(self):
-        from refnas import ops
-        return ops.relu(self)
+        return _ops.relu(self)
 
     def abs(self):
-        from refnas import ops
-        return ops.abs(self)
+        return _ops.abs(self)
+
+    def clip(self, low=None, high=None):
+        return _ops.clip(self, low=low, high=high)
+
+    def matmul(self, other):
+        return _ops.matmul(self, other)
 
     def argmax(self, axis=None):
-        return Tensor._wrap(self.data.argmax(axis=axis))
+        return Tensor._wrap(_as_array(self.data.argmax(axis=axis)))
+
+    def argmin(self, axis=None):
+        return Tensor._wrap(_as_array(self.data.argmin(axis=axis)))
 
     def squeeze(self, axis=None):
-        from refnas import ops
-        return ops.squeeze(self, axis=axis)
+        return _ops.squeeze(self, axis=axis)
 
     def unsqueeze(self, axis: int):
-        from refnas import ops
-        return ops.unsqueeze(self, axis=axis)
+        return _ops.unsqueeze(self, axis=axis)
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,8 +538,8 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
     """Wrap a scalar or array as a constant; Python scalars take the dtype of ``like``."""
     if isinstance(value, Tensor):
         return value
-    if like is not None and isinstance(value, (int, float, bool)) and not isinstance(value, np.generic):
-        return Tensor._wrap(like.xp.asarray(value, dtype=like.dtype))
+    if like is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Tensor._wrap(like.xp.asarray(value, dtype=np.result_type(like.dtype, value)))
     if like is not None and like.device == "cuda":
         return Tensor._wrap(like.xp.asarray(value))
     return Tensor._wrap(np.asarray(value))
@@ -559,14 +551,17 @@ def _generator(seed: int | np.random.Generator | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def _shape_args(shape: tuple) -> tuple[int, ...]:
+    """``f(2, 3)`` and ``f((2, 3))`` both mean shape (2, 3)."""
+    return tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+
+
 def zeros(*shape, dtype=np.float32, requires_grad: bool = False) -> Tensor:
-    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    return Tensor(np.zeros(shape, dtype=dtype), requires_grad=requires_grad)
+    return Tensor(np.zeros(_shape_args(shape), dtype=dtype), requires_grad=requires_grad)
 
 
 def ones(*shape, dtype=np.float32, requires_grad: bool = False) -> Tensor:
-    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    return Tensor(np.ones(shape, dtype=dtype), requires_grad=requires_grad)
+    return Tensor(np.ones(_shape_args(shape), dtype=dtype), requires_grad=requires_grad)
 
 
 def full(shape, value, dtype=np.float32, requires_grad: bool = False) -> Tensor:
@@ -588,16 +583,14 @@ def arange(*args, dtype=np.float32) -> Tensor:
 def randn(*shape, seed: int | np.random.Generator | None = None, dtype=np.float32,
           requires_grad: bool = False) -> Tensor:
     """Standard normal samples from an explicit Generator (or seed)."""
-    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    data = _generator(seed).standard_normal(shape).astype(dtype)
+    data = _generator(seed).standard_normal(_shape_args(shape)).astype(dtype)
     return Tensor(data, requires_grad=requires_grad)
 
 
 def rand(*shape, seed: int | np.random.Generator | None = None, dtype=np.float32,
          requires_grad: bool = False) -> Tensor:
     """Uniform [0, 1) samples from an explicit Generator (or seed)."""
-    shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    data = _generator(seed).random(shape).astype(dtype)
+    data = _generator(seed).random(_shape_args(shape)).astype(dtype)
     return Tensor(data, requires_grad=requires_grad)
 
 
@@ -607,31 +600,26 @@ def rand(*shape, seed: int | np.random.Generator | None = None, dtype=np.float32
 def _topological_order(roots: Sequence[Tensor]) -> list[Tensor]:
     """Tensors reachable from ``roots`` that require grad, every consumer before its inputs.
 
-    Iterative depth-first search with an explicit stack, so graph depth is unbounded.
+    A plain graph search collects the nodes (an explicit stack, so depth is unbounded); sorting
+    by decreasing creation number then orders them, since an op's output is created after its
+    inputs. Leaves (number 0) come last.
     """
-    order: list[Tensor] = []
-    visited: set[int] = set()
-    for root in roots:
-        if id(root) in visited or not root.requires_grad:
-            continue
-        visited.add(id(root))
-        stack: list[tuple[Tensor, int]] = [(root, 0)]
-        while stack:
-            node, next_input = stack[-1]
-            inputs = node._inputs or ()
-            while next_input < len(inputs):
-                child = inputs[next_input]
-                next_input += 1
-                if child.requires_grad and id(child) not in visited:
-                    visited.add(id(child))
-                    stack[-1] = (node, next_input)
-                    stack.append((child, 0))
-                    break
-            else:
-                stack.pop()
-                order.append(node)  # post-order: inputs before consumers
-    order.reverse()
-    return order
+    found: dict[int, Tensor] = {}
+    stack = [r for r in roots if r.requires_grad]
+    for node in stack:
+        found[id(node)] = node
+    while stack:
+        inputs = stack.pop()._inputs
+        if inputs:
+            for child in inputs:
+                if child.requires_grad and id(child) not in found:
+                    found[id(child)] = child
+                    stack.append(child)
+    return sorted(found.values(), key=_creation_number, reverse=True)
+
+
+def _creation_number(t: Tensor) -> int:
+    return t._seq
 
 
 def _sum_to_shape(g: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -639,17 +627,13 @@ def _sum_to_shape(g: Tensor, shape: tuple[int, ...]) -> Tensor:
 
     This is the only place in refnas where broadcast gradients are reduced.
     """
-    if g.shape == shape:
-        return g
-    from refnas import ops
-
     lead = g.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(
         lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
     if axes:
-        g = ops.sum(g, axis=axes, keepdims=True)
+        g = _ops.sum(g, axis=axes, keepdims=True)
     if lead or g.shape != shape:
-        g = ops.reshape(g, shape=shape)
+        g = _ops.reshape(g, shape=shape)
     return g
 
 
@@ -669,93 +653,150 @@ def _as_root_grad(root: Tensor, g: Any) -> Tensor:
                 f"output of {root.op_name or 'leaf'} has shape {root.shape} ({root.dtype}); "
                 f"pass grad=... of that shape")
         return Tensor._wrap(root.xp.ones_like(root.data))
-    g = g if isinstance(g, Tensor) else Tensor._wrap(root.xp.asarray(g, dtype=root.dtype))
+    g = g if isinstance(g, Tensor) else Tensor._wrap(_as_array(root.xp.asarray(g)))
     if g.shape != root.shape:
         raise ValueError(f"backward: grad has shape {g.shape} ({g.dtype}) but the output of "
                          f"{root.op_name or 'leaf'} has shape {root.shape} ({root.dtype})")
-    return g
+    return g if g.dtype == root.dtype else g.astype(root.dtype)
 
 
-def _run_backward(roots: Sequence[Tensor], root_grads: Sequence[Any] | None, *,
-                  retain_graph: bool, create_graph: bool,
-                  targets: Sequence[Tensor] | None = None) -> dict[int, Tensor]:
-    """Shared engine of ``Tensor.backward`` and ``refnas.grad``.
-
-    Without ``targets``, gradients accumulate into ``.grad`` of leaves (and retain_grad tensors).
-    With ``targets``, nothing is accumulated; the gradients of the targets are returned.
-    """
-    roots = list(roots)
+def _check_roots(roots: Sequence[Tensor]) -> None:
     for root in roots:
+        if not isinstance(root, Tensor):
+            raise TypeError(f"backward: outputs must be Tensors, got {type(root).__name__}")
         if not root.requires_grad:
             raise RuntimeError(
                 f"backward: the output ({root.op_name or 'leaf'}, shape {root.shape}, "
                 f"{root.dtype}) does not require grad; no input on its path has requires_grad=True"
                 f" or it was computed under no_grad()")
-    grads_in = [None] * len(roots) if root_grads is None else list(root_grads)
-    if len(grads_in) != len(roots):
-        raise ValueError(f"backward: got {len(grads_in)} gradients for {len(roots)} outputs")
-    # Validate everything before any state changes.
-    seeds = [_as_root_grad(r, g) for r, g in zip(roots, grads_in)]
-    order = _topological_order(roots)
+
+
+def _check_not_freed(order: Sequence[Tensor]) -> None:
     for node in order:
         if node._freed:
             raise GraphFreedError(
                 f"backward: trying to backward through the graph a second time: the saved inputs "
-                f"of {node.op_name} (shape {node.shape}, {node.dtype}) were freed by the first "
-                f"backward; pass retain_graph=True the first time if you need to backward twice")
+                f"of {node.op_name} (output shape {node.shape}, {node.dtype}) were freed by the "
+                f"first backward; pass retain_graph=True the first time to backward twice")
+
+
+def _check_reached(targets: Sequence[Tensor], order: Sequence[Tensor]) -> None:
+    reached = {id(node) for node in order}
+    for i, x in enumerate(targets):
+        if id(x) not in reached:
+            raise ValueError(f"grad: input {i} (shape {x.shape}, {x.dtype}) is not used in the "
+                             f"graph of the outputs; pass allow_unused=True to get None for it")
+
+
+def _run_backward(roots: Sequence[Tensor], root_grads: Sequence[Any] | None, *,
+                  retain_graph: bool, create_graph: bool,
+                  targets: Sequence[Tensor] | None = None,
+                  allow_unused: bool = True) -> dict[int, Tensor]:
+    """Shared engine of ``Tensor.backward`` and ``refnas.grad``.
+
+    Without ``targets``, gradients accumulate into ``.grad`` of leaves (and retain_grad tensors).
+    With ``targets``, nothing is accumulated; the gradients of the targets are returned (a target
+    the outputs do not reach is an error unless ``allow_unused``).
+    Every check runs before any state changes, and ``.grad`` and the graph are only touched once
+    the whole pass has succeeded: a failing backward (bad VJP, anomaly) leaves them as they were.
+    """
+    roots = list(roots)
+    _check_roots(roots)
+    grads_in = [None] * len(roots) if root_grads is None else list(root_grads)
+    if len(grads_in) != len(roots):
+        raise ValueError(f"backward: got {len(grads_in)} gradients for {len(roots)} outputs")
+    seeds = [_as_root_grad(r, g) for r, g in zip(roots, grads_in)]
+    order = _topological_order(roots)
+    _check_not_freed(order)
+    if targets is not None and not allow_unused:
+        _check_reached(targets, order)
 
     target_ids = None if targets is None else {id(t) for t in targets}
     captured: dict[int, Tensor] = {}
+    to_accumulate: list[tuple[Tensor, Tensor]] = []
     pending: dict[int, Tensor] = {}
-    for root, seed in zip(roots, seeds):
-        pending[id(root)] = pending[id(root)] + seed if id(root) in pending else seed
-
     with set_grad_enabled(create_graph):
+        for root, seed in zip(roots, seeds):
+            _accumulate(pending, root, seed)
         for node in order:
             g = pending.pop(id(node), None)
             if g is None:
                 continue
             if node._hooks:
-                for hook in list(node._hooks):
-                    replaced = hook(g)
-                    if replaced is not None:
-                        g = replaced if isinstance(replaced, Tensor) else Tensor._wrap(replaced)
+                g = _run_hooks(node, g)
             if target_ids is not None:
                 if id(node) in target_ids:
                     captured[id(node)] = g
             elif node._op is None or node._retain:
-                node.grad = g if node.grad is None else node.grad + g
-                if not create_graph:
-                    node.grad = node.grad.detach() if node.grad.requires_grad else node.grad
-            if node._op is None:
-                continue
-            _propagate(node, g, pending, create_graph)
-            if not retain_graph:
+                to_accumulate.append((node, g))
+            if node._op is not None:
+                _propagate(node, g, pending)
+        for node, g in to_accumulate:  # commit: the pass succeeded
+            node.grad = g if node.grad is None else node.grad + g
+            if not create_graph and node.grad.requires_grad:
+                node.grad = node.grad.detach()
+    if not retain_graph:
+        for node in order:
+            if node._op is not None:
                 node._inputs = None
                 node._kwargs = None
                 node._freed = True
     return captured
 
 
-def _propagate(node: Tensor, g: Tensor, pending: dict[int, Tensor], create_graph: bool) -> None:
+def _run_hooks(node: Tensor, g: Tensor) -> Tensor:
+    for hook in list(node._hooks):
+        replaced = hook(g)
+        if replaced is not None:
+            g = replaced if isinstance(replaced, Tensor) else Tensor._wrap(_as_array(replaced))
+    return g
+
+
+def _accumulate(pending: dict[int, Tensor], x: Tensor, gx: Tensor) -> None:
+    """Add ``gx`` to the gradient collected so far for ``x`` (a tensor used several times)."""
+    key = id(x)
+    previous = pending.get(key)
+    if previous is None:
+        pending[key] = gx
+    elif _mode.grad_enabled:  # create_graph: the sum is part of the recorded backward pass
+        pending[key] = _ops.add(previous, gx)
+    else:  # nothing to record: add the arrays (out of place: VJPs may hand out shared arrays)
+        pending[key] = Tensor._wrap(_as_array(previous.data + gx.data))
+
+
+def _propagate(node: Tensor, g: Tensor, pending: dict[int, Tensor]) -> None:
     """Ask ``node``'s op for its VJP and pass the pieces on to the inputs (summed to shape)."""
     op = node._op
     inputs = node._inputs
-    input_grads = op.vjp(g, node, *inputs, **node._kwargs)
-    if not isinstance(input_grads, tuple):
+    if _mode.anomaly:
+        input_grads = _vjp_under_anomaly(node, g)
+    else:
+        input_grads = op.vjp(g, node, *inputs, **node._kwargs)
+    if type(input_grads) is not tuple:
         input_grads = (input_grads,)
     for x, gx in zip(inputs, input_grads):
         if gx is None or not x.requires_grad:
             continue
-        if not isinstance(gx, Tensor):
-            gx = Tensor._wrap(gx)
-        gx = _sum_to_shape(gx, x.shape)
-        if gx.dtype != x.dtype:
-            gx = gx.astype(x.dtype)
+        if type(gx) is not Tensor:
+            gx = Tensor._wrap(_as_array(gx))
+        if gx.data.shape != x.data.shape:
+            gx = _sum_to_shape(gx, x.data.shape)
+        if gx.data.dtype != x.data.dtype:
+            gx = gx.astype(x.data.dtype)
         if _mode.anomaly:
-            _check_finite(op.name, f"VJP w.r.t. an input of shape {x.shape}", gx, node)
-        key = id(x)
-        pending[key] = pending[key] + gx if key in pending else gx
+            _check_finite(op.name, f"VJP w.r.t. an input of shape {x.shape} ({x.dtype})", gx, node)
+        _accumulate(pending, x, gx)
+
+
+def _vjp_under_anomaly(node: Tensor, g: Tensor):
+    """Run the VJP; an anomaly inside it (in one of the ops it uses) is blamed on ``node``'s op."""
+    op = node._op
+    try:
+        return op.vjp(g, node, *node._inputs, **node._kwargs)
+    except AnomalyError as inner:
+        raise AnomalyError(
+            f"{op.name}: VJP produced NaN/Inf (inputs {describe(node._inputs)}); op created at "
+            f"{node._site or '<unknown>'}. Inside the VJP: {inner}") from inner
 
 
 def backward(tensors: Sequence[Tensor], grad_tensors: Sequence[Any] | None = None,
@@ -772,24 +813,26 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
 
     Returns the gradients of ``outputs`` w.r.t. each of ``inputs`` without touching ``.grad``.
     With ``create_graph=True`` the result is itself differentiable (higher-order derivatives).
+    An input that the outputs do not depend on raises, or gives ``None`` with ``allow_unused``.
     """
     outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
     for i, x in enumerate(ins):
-        if not isinstance(x, Tensor) or not x.requires_grad:
-            raise ValueError(f"grad: input {i} does not require grad")
+        if not isinstance(x, Tensor):
+            raise TypeError(f"grad: input {i} is a {type(x).__name__}, not a Tensor")
+        if not x.requires_grad:
+            raise ValueError(f"grad: input {i} (shape {x.shape}, {x.dtype}) does not require grad")
     if grad_outputs is not None and not isinstance(grad_outputs, (list, tuple)):
         grad_outputs = [grad_outputs]
     if retain_graph is None:
         retain_graph = create_graph
     captured = _run_backward(outs, grad_outputs, retain_graph=retain_graph,
-                             create_graph=create_graph, targets=ins)
+                             create_graph=create_graph, targets=ins, allow_unused=allow_unused)
     result = []
-    for i, x in enumerate(ins):
+    for x in ins:
         g = captured.get(id(x))
-        if g is None and not allow_unused:
-            raise ValueError(f"grad: input {i} (shape {x.shape}) is not used in the graph of the "
-                             f"outputs; pass allow_unused=True to get None for it")
+        if g is None and not allow_unused:  # reached, but every path's VJP was identically zero
+            g = Tensor._wrap(x.xp.zeros_like(x.data))
         result.append(g)
     return tuple(result)
 
@@ -797,3 +840,8 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
 def parameters_to_vector(tensors: Iterable[Tensor]) -> np.ndarray:
     """Concatenate the data of several tensors into one flat NumPy vector."""
     return np.concatenate([np.asarray(t.numpy()).ravel() for t in tensors])
+
+
+# The ops import Tensor from this module, so they are bound last (the operators above use them).
+from refnas import ops as _ops  # noqa: E402
+from refnas.ops.shape import normalize_index as _normalize_index  # noqa: E402

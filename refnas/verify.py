@@ -30,26 +30,46 @@ def check_primitive(op: Primitive, draw: Draw, order: int = 1) -> GradcheckResul
 
 def verify_all(names: Iterable[str] | None = None, seed: int = 0, samples: int = 3,
                orders: tuple[int, ...] = (1, 2)) -> list[dict[str, Any]]:
-    """One record per (op, order): the worst errors over ``samples`` drawn examples."""
+    """One record per (op, order): the worst errors over ``samples`` drawn examples.
+
+    Every differentiable registered op gets a record; one without a sampler or a VJP, or whose
+    check raises, gets a failing one.
+    """
     draw = RngDraw(np.random.default_rng(seed))
     records = []
     for name in sorted(names or REGISTRY):
         op = REGISTRY[name]
-        if op.sample is None or not op.differentiable:
+        if not op.differentiable:
             continue
         for order in orders:
             if order == 2 and not op.second_order:
                 continue
-            worst = GradcheckResult(op=name, order=order)
-            for _ in range(samples):
-                result = check_primitive(op, draw, order)
-                worst.max_abs_err = max(worst.max_abs_err, result.max_abs_err)
-                worst.max_rel_err = max(worst.max_rel_err, result.max_rel_err)
-                worst.ok &= result.ok
-                worst.failures += result.failures
-                worst.method = result.method
+            worst = _worst_over_samples(op, draw, order, samples)
             records.append(worst.as_record() | {"failures": worst.failures[:3]})
     return records
+
+
+def _worst_over_samples(op: Primitive, draw: Draw, order: int, samples: int) -> GradcheckResult:
+    worst = GradcheckResult(op=op.name, order=order)
+    missing = "sampler" if op.sample is None else "VJP" if op.vjp_fn is None else None
+    if missing:
+        worst.ok = False
+        worst.failures.append(f"{op.name}: registered without a {missing}; nothing to check")
+        return worst
+    for _ in range(samples):
+        try:
+            result = check_primitive(op, draw, order)
+        except Exception as error:  # a crash is a failed check, reported with the others
+            worst.ok = False
+            worst.failures.append(f"{op.name}: order-{order} check raised "
+                                  f"{type(error).__name__}: {error}")
+            continue
+        worst.max_abs_err = max(worst.max_abs_err, result.max_abs_err)
+        worst.max_rel_err = max(worst.max_rel_err, result.max_rel_err)
+        worst.ok &= result.ok
+        worst.failures += result.failures
+        worst.method = result.method
+    return worst
 
 
 # --------------------------------------------------------------------------------------------

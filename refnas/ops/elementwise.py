@@ -15,14 +15,15 @@ import math
 
 import numpy as np
 
+from refnas.backend import kernel, register_kernel
 from refnas.ops import sampling as S
 from refnas.ops.registry import OpError, primitive
-from refnas.tensor import Tensor
+from refnas.tensor import Tensor, _as_array
 
 
 def _const(array) -> Tensor:
     """A non-differentiable tensor (a mask or a constant factor inside a VJP)."""
-    return Tensor._wrap(array)
+    return Tensor._wrap(_as_array(array))
 
 
 def _mask(condition, like) -> Tensor:
@@ -51,7 +52,7 @@ def sub(x, y):
 
 @sub.defvjp
 def sub_vjp(g, out, x, y):
-    return g, neg(g)
+    return g, (neg(g) if y.requires_grad else None)
 
 
 @primitive(sample=S.binary())
@@ -176,8 +177,7 @@ def maximum(x, y):
 
 @maximum.defvjp
 def maximum_vjp(g, out, x, y):
-    x_wins = x.data >= y.data
-    return mul(g, _mask(x_wins, g.data)), mul(g, _mask(~x_wins, g.data))
+    return _route(g, x, y, x.data >= y.data)
 
 
 @primitive(sample=_sample_extremum)
@@ -188,8 +188,13 @@ def minimum(x, y):
 
 @minimum.defvjp
 def minimum_vjp(g, out, x, y):
-    x_wins = x.data <= y.data
-    return mul(g, _mask(x_wins, g.data)), mul(g, _mask(~x_wins, g.data))
+    return _route(g, x, y, x.data <= y.data)
+
+
+def _route(g, x, y, x_wins):
+    """The cotangent goes to whichever operand was selected (``x`` where ``x_wins``)."""
+    return (mul(g, _mask(x_wins, g.data)) if x.requires_grad else None,
+            mul(g, _mask(~x_wins, g.data)) if y.requires_grad else None)
 
 
 def _sample_where(draw):
@@ -270,15 +275,91 @@ def sigmoid_vjp(g, out, x):
     return mul(g, mul(out, sub(1.0, out)))
 
 
+# ReLU and GELU are kernel-backed: the forward and the backward (the VJP's array work) are the
+# kernels ``relu_forward`` / ``relu_backward`` / ``gelu_forward`` / ``gelu_backward`` (NumPy
+# references here; Numba and CuPy versions in kernels/). The backward is a primitive of its own,
+# so its VJP, written in ops, gives the second derivative.
+@register_kernel("relu_forward")
+def relu_forward_reference(x):
+    r""":math:`y = \max(x, 0)` (NumPy reference kernel)."""
+    return np.maximum(x, x.dtype.type(0))
+
+
+@register_kernel("relu_backward")
+def relu_backward_reference(g, x):
+    r""":math:`\bar x = g\,[x > 0]` (NumPy reference kernel)."""
+    return g * (x > 0)
+
+
+@register_kernel("gelu_forward")
+def gelu_forward_reference(x):
+    r""":math:`y = x\,\Phi(x)`, :math:`\Phi(x) = \tfrac12\operatorname{erfc}(-x/\sqrt2)`
+    (NumPy reference kernel). ``erfc`` rather than :math:`1 + \operatorname{erf}`: no
+    cancellation in the left tail."""
+    return (x * _normal_cdf(x)).astype(x.dtype, copy=False)
+
+
+@register_kernel("gelu_backward")
+def gelu_backward_reference(g, x):
+    r""":math:`\bar x = g\,\big(\Phi(x) + x\,\varphi(x)\big)`,
+    :math:`\varphi(x) = e^{-x^2/2}/\sqrt{2\pi}` (NumPy reference kernel)."""
+    pdf = np.exp(-0.5 * x * x) * _INV_SQRT_2PI
+    return (g * (_normal_cdf(x) + x * pdf)).astype(x.dtype, copy=False)
+
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _normal_cdf(x):
+    r""":math:`\Phi(x) = \tfrac12\operatorname{erfc}(-x/\sqrt2)` on NumPy or CuPy arrays."""
+    if type(x).__module__.startswith("cupy"):
+        from cupyx.scipy.special import erfc
+    else:
+        from scipy.special import erfc
+    return 0.5 * erfc(-x * _SQRT_HALF)
+
+
+def _sample_activation_backward(domain: str):
+    """``(g, x)`` of one shape: a cotangent and a point ``x`` from ``domain``."""
+    def sample(draw):
+        s = S.shape(draw, 0, 3)
+        return (S.array(draw, s), S.array(draw, s, domain)), {}
+
+    return sample
+
+
+def _check_same_shape(op: str, g, x) -> None:
+    if g.shape != x.shape:
+        raise OpError(f"{op}: the cotangent g {tuple(g.shape)} ({g.dtype}) and the input x "
+                      f"{tuple(x.shape)} ({x.dtype}) must have the same shape")
+
+
 @primitive(sample=S.unary("nonzero"))
 def relu(x):
-    r""":math:`z = \max(x, 0)`; :math:`\bar x = \bar z\,[x > 0]`."""
-    return np.maximum(x, 0)
+    r""":math:`z = \max(x, 0)`; :math:`\bar x = \bar z\,[x > 0]` (:func:`relu_backward`)."""
+    return kernel("relu_forward")(x)
 
 
 @relu.defvjp
 def relu_vjp(g, out, x):
-    return mul(g, _mask(x.data > 0, g.data))
+    return relu_backward(g, x)
+
+
+@primitive(sample=_sample_activation_backward("nonzero"))
+def relu_backward(g, x):
+    r"""The VJP of ReLU as an op: :math:`z = g\,[x > 0]`.
+
+    Its VJP: :math:`\bar g = \bar z\,[x > 0]` (the same op again) and :math:`\bar x = 0`
+    (the mask is constant away from the kink at 0).
+    """
+    _check_same_shape("relu_backward", g, x)
+    return kernel("relu_backward")(g, x)
+
+
+@relu_backward.defvjp
+def relu_backward_vjp(gg, out, g, x):
+    return relu_backward(gg, x), None
 
 
 def _sample_leaky(draw):
@@ -298,47 +379,47 @@ def leaky_relu_vjp(g, out, x, *, negative_slope=0.01):
     return mul(g, _const(slope))
 
 
-_SQRT_HALF = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def _erf(x):
-    if type(x).__module__.startswith("cupy"):
-        from cupyx.scipy.special import erf
-    else:
-        from scipy.special import erf
-    return erf(x)
-
-
 @primitive(sample=S.unary())
 def gelu(x):
     r"""Gaussian error linear unit (Hendrycks & Gimpel 2016), exact form.
 
     :math:`z = x\,\Phi(x) = \tfrac{x}{2}\big(1 + \operatorname{erf}(x/\sqrt2)\big)`;
-    :math:`\bar x = \bar z\,\big(\Phi(x) + x\,\varphi(x)\big)` (see :func:`gelu_grad`).
+    :math:`\bar x = \bar z\,\big(\Phi(x) + x\,\varphi(x)\big)` (:func:`gelu_backward`).
     """
-    return (0.5 * x * (1.0 + _erf(x * _SQRT_HALF))).astype(x.dtype, copy=False)
+    return kernel("gelu_forward")(x)
 
 
 @gelu.defvjp
 def gelu_vjp(g, out, x):
-    return mul(g, gelu_grad(x))
+    return gelu_backward(g, x)
 
 
-@primitive(sample=S.unary())
+@primitive(sample=_sample_activation_backward("real"))
+def gelu_backward(g, x):
+    r"""The VJP of GELU as an op: :math:`z = g\,\mathrm{GELU}'(x)`,
+    :math:`\mathrm{GELU}'(x) = \Phi(x) + x\,\varphi(x)`.
+
+    Its VJP: :math:`\bar g = \bar z\,\mathrm{GELU}'(x)` (the same op again) and
+    :math:`\bar x = \bar z\, g\,\mathrm{GELU}''(x)`, :math:`\mathrm{GELU}''(x) = \varphi(x)(2 - x^2)`.
+    """
+    _check_same_shape("gelu_backward", g, x)
+    return kernel("gelu_backward")(g, x)
+
+
+@gelu_backward.defvjp
+def gelu_backward_vjp(gg, out, g, x):
+    second = mul(_normal_pdf(x), sub(2.0, mul(x, x)))
+    return gelu_backward(gg, x), mul(mul(gg, g), second)
+
+
+def _normal_pdf(x):
+    r""":math:`\varphi(x) = e^{-x^2/2}/\sqrt{2\pi}`, in ops (differentiable)."""
+    return mul(exp(mul(mul(x, x), -0.5)), _INV_SQRT_2PI)
+
+
 def gelu_grad(x):
-    r"""Derivative of GELU: :math:`\Phi(x) + x\,\varphi(x)`, with
-    :math:`\varphi(x) = e^{-x^2/2}/\sqrt{2\pi}`; its own derivative is
-    :math:`\varphi(x)\,(2 - x^2)`."""
-    cdf = 0.5 * (1.0 + _erf(x * _SQRT_HALF))
-    pdf = np.exp(-0.5 * x * x) * _INV_SQRT_2PI
-    return (cdf + x * pdf).astype(x.dtype, copy=False)
-
-
-@gelu_grad.defvjp
-def gelu_grad_vjp(g, out, x):
-    pdf = mul(exp(mul(mul(x, x), -0.5)), _INV_SQRT_2PI)
-    return mul(g, mul(pdf, sub(2.0, mul(x, x))))
+    r"""The derivative :math:`\mathrm{GELU}'(x) = \Phi(x) + x\,\varphi(x)` as a tensor."""
+    return gelu_backward(_const(x.xp.ones_like(x.data)), x)
 
 
 @primitive(sample=S.unary())

@@ -5,8 +5,6 @@ broadcasting spreads the cotangent over the reduced elements.
 """
 from __future__ import annotations
 
-import builtins
-
 import numpy as np
 
 from refnas.ops import sampling as S
@@ -22,21 +20,24 @@ def normalize_axes(axis, ndim: int, op: str) -> tuple[int, ...]:
     raw = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
     for a in raw:
-        if not -ndim <= a < builtins.max(ndim, 1) or (ndim == 0 and a not in (0, -1)):
+        if not -ndim <= a < ndim:
             raise OpError(f"{op}: axis {a} is out of range for an input with {ndim} dimensions")
-        out.append(int(a) % builtins.max(ndim, 1))
+        out.append(int(a) % ndim)
     if len(set(out)) != len(out):
         raise OpError(f"{op}: repeated axis in {axis}")
     return tuple(sorted(out))
+
+
+def _kept_shape(x_shape, axes) -> tuple[int, ...]:
+    """The shape of a reduction over ``axes`` with keepdims: reduced axes become 1."""
+    return tuple(1 if i in axes else n for i, n in enumerate(x_shape))
 
 
 def _keep(g, x_shape, axis, keepdims):
     """Reshape a reduced cotangent so it broadcasts against the input (reduced axes as 1)."""
     if keepdims:
         return g
-    axes = normalize_axes(axis, len(x_shape), "reduce")
-    kept = tuple(1 if i in axes else n for i, n in enumerate(x_shape))
-    return reshape(g, shape=kept)
+    return reshape(g, shape=_kept_shape(x_shape, normalize_axes(axis, len(x_shape), "reduce")))
 
 
 def _count(x_shape, axis) -> int:
@@ -47,7 +48,7 @@ def _count(x_shape, axis) -> int:
 @primitive(sample=S.reduction())
 def sum(x, *, axis=None, keepdims=False):
     r""":math:`z = \sum_{i \in A} x_i`; :math:`\bar x_i = \bar z` (broadcast back over A)."""
-    return np.sum(x, axis=_tuple(axis, x.ndim), keepdims=keepdims)
+    return np.sum(x, axis=_tuple(axis, x.ndim, "sum"), keepdims=keepdims)
 
 
 @sum.defvjp
@@ -58,7 +59,7 @@ def sum_vjp(g, out, x, *, axis=None, keepdims=False):
 @primitive(sample=S.reduction())
 def mean(x, *, axis=None, keepdims=False):
     r""":math:`z = \frac1{|A|}\sum_{i \in A} x_i`; :math:`\bar x_i = \bar z / |A|`."""
-    return np.mean(x, axis=_tuple(axis, x.ndim), keepdims=keepdims)
+    return np.mean(x, axis=_tuple(axis, x.ndim, "mean"), keepdims=keepdims)
 
 
 @mean.defvjp
@@ -69,9 +70,10 @@ def mean_vjp(g, out, x, *, axis=None, keepdims=False):
 
 def _extremum_vjp(g, out, x, axis, keepdims):
     """Gradient of max/min: shared equally among the elements that attain the extremum."""
-    kept_out = out.data if keepdims else _keep(out, x.shape, axis, keepdims).data
+    axes = normalize_axes(axis, x.ndim, "max")
+    kept_out = out.data.reshape(_kept_shape(x.shape, axes))
     hits = (x.data == kept_out).astype(g.dtype)
-    share = hits / hits.sum(axis=normalize_axes(axis, x.ndim, "max"), keepdims=True)
+    share = hits / hits.sum(axis=axes, keepdims=True)
     return mul(_keep(g, x.shape, axis, keepdims), _const(share))
 
 
@@ -79,7 +81,7 @@ def _extremum_vjp(g, out, x, axis, keepdims):
 def max(x, *, axis=None, keepdims=False):
     r""":math:`z = \max_{i \in A} x_i`; :math:`\bar x_i = \bar z\,[x_i = z] / \#\{j: x_j = z\}`."""
     _check_nonempty(x, axis, "max")
-    return np.max(x, axis=_tuple(axis, x.ndim), keepdims=keepdims)
+    return np.max(x, axis=_tuple(axis, x.ndim, "max"), keepdims=keepdims)
 
 
 @max.defvjp
@@ -91,7 +93,7 @@ def max_vjp(g, out, x, *, axis=None, keepdims=False):
 def min(x, *, axis=None, keepdims=False):
     r""":math:`z = \min_{i \in A} x_i`; :math:`\bar x_i = \bar z\,[x_i = z] / \#\{j: x_j = z\}`."""
     _check_nonempty(x, axis, "min")
-    return np.min(x, axis=_tuple(axis, x.ndim), keepdims=keepdims)
+    return np.min(x, axis=_tuple(axis, x.ndim, "min"), keepdims=keepdims)
 
 
 @min.defvjp
@@ -113,7 +115,7 @@ def var(x, *, axis=None, keepdims=False, ddof=0):
     if n - ddof <= 0:
         raise OpError(f"var: ddof={ddof} leaves no degrees of freedom over {n} elements "
                       f"(input {tuple(x.shape)} {x.dtype}, axis={axis})")
-    return np.var(x, axis=_tuple(axis, x.ndim), keepdims=keepdims, ddof=ddof)
+    return np.var(x, axis=_tuple(axis, x.ndim, "var"), keepdims=keepdims, ddof=ddof)
 
 
 @var.defvjp
@@ -123,12 +125,13 @@ def var_vjp(g, out, x, *, axis=None, keepdims=False, ddof=0):
     return mul(mul(_keep(g, x.shape, axis, keepdims), centered), scale)
 
 
-def _tuple(axis, ndim):
+def _tuple(axis, ndim, op):
+    """``axis`` validated for NumPy: None and ints pass through, sequences become sorted tuples."""
     if axis is None or isinstance(axis, (int, np.integer)):
         if axis is not None:
-            normalize_axes(axis, ndim, "reduce")
+            normalize_axes(axis, ndim, op)
         return axis
-    return normalize_axes(axis, ndim, "reduce")
+    return normalize_axes(axis, ndim, op)
 
 
 def _check_nonempty(x, axis, op):

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from refnas.tensor import (AnomalyError, Tensor, _creation_site, _mode, describe)
+from refnas.tensor import AnomalyError, Tensor, _as_array, _creation_site, _mode, describe
 
 __all__ = ["Primitive", "primitive", "REGISTRY", "OpError"]
 
@@ -84,17 +84,24 @@ class Primitive:
         saved = None
         if self.saves:
             result, saved = result
-        needs_graph = _mode.grad_enabled and self.differentiable and any(
-            t.requires_grad for t in tensors)
-        if not needs_graph:
-            out = Tensor._wrap(result)
-        else:
+        if type(result) is not np.ndarray:
+            result = _as_array(result)  # NumPy returns scalars for 0-d results
+        if _mode.grad_enabled and self.differentiable and _any_requires_grad(tensors):
             if saved:
                 kwargs = {**kwargs, **saved}
-            out = Tensor._from_op(result, self, tuple(tensors), kwargs)
+            out = Tensor._from_op(result, self, tensors, kwargs)
+        else:
+            out = Tensor._wrap(result)
         if _mode.anomaly:
             _check_forward(self, out, tensors)
         return out
+
+
+def _any_requires_grad(tensors: tuple[Tensor, ...]) -> bool:
+    for t in tensors:
+        if t.requires_grad:
+            return True
+    return False
 
 
 def _kwargs_text(kwargs: dict) -> str:
@@ -104,28 +111,71 @@ def _kwargs_text(kwargs: dict) -> str:
     return f" with {shown}" if shown else ""
 
 
-def _as_tensors(args: tuple) -> list[Tensor]:
+# Scalars met as op arguments, as constant tensors around read-only 0-d arrays, keyed by (type,
+# value, dtype of the other operand): the same few constants (0.5, 1.0, 2.0, ...) recur in every
+# VJP, so they are made once. Cleared when it grows past a bound (a loop over distinct values).
+_SCALARS: dict[tuple, Tensor] = {}
+_SCALARS_LIMIT = 4096
+
+
+def _scalar(value: int | float, like: Tensor | None) -> Tensor:
+    """``value`` as a 0-d constant of the dtype NumPy gives ``like <op> value``.
+
+    Scalars are weak (NEP 50): ``float32 * 2.0`` stays float32, ``int64 * 0.5`` is float64.
+    """
+    if like is None:
+        return Tensor._wrap(np.asarray(value))
+    dtype = like.data.dtype
+    if type(like.data) is not np.ndarray:  # a device array: made afresh, on the device
+        return Tensor._wrap(like.xp.asarray(value, dtype=np.result_type(dtype, value)))
+    key = (type(value), value, dtype)
+    constant = _SCALARS.get(key)
+    if constant is None:
+        if len(_SCALARS) >= _SCALARS_LIMIT:
+            _SCALARS.clear()
+        array = np.asarray(value, dtype=np.result_type(dtype, value))
+        array.flags.writeable = False
+        constant = _SCALARS[key] = Tensor._wrap(array)
+    return constant
+
+
+def _constant(value: Any, like: Tensor | None) -> Tensor:
+    """A non-tensor argument as a constant tensor; scalars (Python or NumPy) are weak."""
+    kind = type(value)
+    if kind is float or kind is int:
+        return _scalar(value, like)
+    if isinstance(value, (np.integer, np.floating)):
+        return _scalar(value.item(), like)
+    if like is not None and type(like.data) is not np.ndarray:
+        return Tensor._wrap(like.xp.asarray(value))
+    return Tensor._wrap(_as_array(value))
+
+
+def _dtype_source(args: tuple) -> Tensor | None:
+    """The tensor whose dtype scalars adopt: the first floating one, else the first one."""
+    first = None
+    for a in args:
+        if isinstance(a, Tensor):
+            if a.data.dtype.kind in "fc":
+                return a
+            if first is None:
+                first = a
+    return first
+
+
+def _as_tensors(args: tuple) -> tuple[Tensor, ...]:
     """Convert the positional arguments of an op to Tensors.
 
-    Python scalars take the dtype of the first tensor argument, so ``x * 2`` stays float32.
+    Scalars take the dtype of :func:`_dtype_source`, so ``x * 2``, ``x * np.float64(2)`` and
+    ``where(mask, x, 0.5)`` stay float32 for a float32 ``x``.
     """
-    like = None
     for a in args:
-        if isinstance(a, Tensor):
-            like = a
+        if not isinstance(a, Tensor):
             break
-    out = []
-    for a in args:
-        if isinstance(a, Tensor):
-            out.append(a)
-        elif like is not None and isinstance(a, (int, float)) and not isinstance(a, bool):
-            out.append(Tensor._wrap(like.xp.asarray(a, dtype=like.dtype)))
-        else:
-            data = a if (like is not None and like.device == "cuda") else np.asarray(a)
-            if like is not None and like.device == "cuda":
-                data = like.xp.asarray(a)
-            out.append(Tensor._wrap(data))
-    return out
+    else:
+        return args  # the common case: every argument is already a Tensor
+    like = _dtype_source(args)
+    return tuple([a if isinstance(a, Tensor) else _constant(a, like) for a in args])
 
 
 def _check_forward(op: Primitive, out: Tensor, inputs: list[Tensor]) -> None:

@@ -83,7 +83,7 @@ def array(draw: Draw, shape: tuple[int, ...], domain: str = "real",
     if layout == "strided":
         base = _values(rng, shape[:-1] + (2 * shape[-1],), domain).astype(dtype)
         return base[..., ::2]
-    return _values(rng, shape, domain).astype(dtype)
+    return np.asarray(_values(rng, shape, domain), dtype=dtype)  # 0-d: an array, not a scalar
 
 
 def unary(domain: str = "real", max_dims: int = 3):
