@@ -1,0 +1,1 @@
+"""The refnas benchmark suite: ``python -m benchmarks`` or ``refnas bench`` (see __main__)."""

@@ -1,0 +1,137 @@
+"""Per-kernel microbenchmarks on the shapes that the training workloads actually meet.
+
+The convolution shapes are read off the workload models by a forward hook on every Conv2d (one
+entry per distinct geometry), so they cannot drift from the networks. Compute-bound kernels
+(convolution) report GFLOP/s, memory-bound ones GB/s (bytes read + written once), and every
+rate is also given as a fraction of NumPy's float32 matmul GFLOP/s measured in the same run.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+import refnas
+from refnas import nn
+from refnas.backend import available, kernel
+from benchmarks.timing import interleaved_medians
+from benchmarks.workloads import WORKLOADS, refnas_model
+
+
+def conv_shapes(workload: str) -> list[dict[str, Any]]:
+    """Distinct (input shape, weight shape, stride, padding) of the Conv2d layers of a workload."""
+    model = refnas_model(workload)
+    seen: dict[tuple, dict[str, Any]] = {}
+
+    def record(module, inputs, output):
+        key = (tuple(inputs[0].shape), tuple(module.weight.shape), module.stride, module.padding)
+        seen.setdefault(key, {"x": key[0], "w": key[1], "stride": module.stride,
+                              "padding": module.padding, "count": 0})["count"] += 1
+
+    handles = [m.register_forward_hook(record) for m in model.modules()
+               if isinstance(m, nn.Conv2d)]
+    x = np.zeros((WORKLOADS[workload].batch, *WORKLOADS[workload].input_shape), np.float32)
+    with refnas.no_grad():
+        model(refnas.tensor(x))
+    for handle in handles:
+        handle.remove()
+    return list(seen.values())
+
+
+def _conv_flops(x_shape, w_shape, out_hw) -> int:
+    """Multiply-adds x 2 of one forward convolution (each gradient costs the same)."""
+    n, (o, cg, kh, kw) = x_shape[0], w_shape
+    return 2 * n * o * out_hw[0] * out_hw[1] * cg * kh * kw
+
+
+def _conv_case(shape: dict[str, Any], backend: str, rng) -> tuple[dict[str, Callable], int]:
+    x = rng.standard_normal(shape["x"]).astype(np.float32)
+    w = rng.standard_normal(shape["w"]).astype(np.float32)
+    geometry = (shape["stride"], shape["padding"], (1, 1), 1)
+    y = kernel("conv2d_forward", "numpy")(x, w, *geometry)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    forward, input_grad, weight_grad = (kernel(k, backend) for k in (
+        "conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad"))
+    calls = {"forward": lambda: forward(x, w, *geometry),
+             "input_grad": lambda: input_grad(gy, w, x.shape, *geometry),
+             "weight_grad": lambda: weight_grad(x, gy, w.shape, *geometry)}
+    return calls, _conv_flops(x.shape, w.shape, y.shape[2:])
+
+
+def conv_benchmarks(backends: list[str], matmul: float, repeats: int) -> dict[str, Any]:
+    """GFLOP/s of conv2d forward, input and weight gradient, and of all three together."""
+    rng = np.random.default_rng(0)
+    results: dict[str, Any] = {}
+    for workload in ("cnn-s", "resnet18"):
+        for shape in conv_shapes(workload):
+            name = (f"conv2d {workload} x{list(shape['x'])} w{list(shape['w'])} "
+                    f"s{shape['stride'][0]} p{shape['padding'][0]}")
+            entry: dict[str, Any] = {"count_in_model": shape["count"]}
+            for backend in backends:
+                calls, flops = _conv_case(shape, backend, rng)
+                seconds = interleaved_medians(calls, repeats)
+                total = sum(seconds.values())
+                rates = {part: flops / s / 1e9 for part, s in seconds.items()}
+                rates["forward_backward"] = 3 * flops / total / 1e9
+                entry[backend] = {"gflops": rates,
+                                  "fraction_of_matmul": rates["forward_backward"] / matmul,
+                                  "ms": {part: s * 1e3 for part, s in seconds.items()}}
+            results[name] = entry
+    return results
+
+
+def _memory_cases(rng) -> dict[str, tuple[Callable[[str], Callable], int]]:
+    """name -> (backend -> call, bytes moved), on CNN-S / ResNet-18 / MLP-M activation shapes."""
+    act = rng.standard_normal((64, 16, 28, 28)).astype(np.float32)           # CNN-S conv1 out
+    grad = rng.standard_normal(act.shape).astype(np.float32)
+    pooled, argmax = kernel("max_pool2d_forward", "numpy")(act, (2, 2), (2, 2), (0, 0))
+    g_pooled = rng.standard_normal(pooled.shape).astype(np.float32)
+    bn_x = rng.standard_normal((32, 16, 32, 32)).astype(np.float32)          # ResNet stage 1
+    gamma, beta = np.ones(16, np.float32), np.zeros(16, np.float32)
+    _, mean, invstd = kernel("batch_norm_forward", "numpy")(bn_x, gamma, beta, 1e-5)
+    logits = rng.standard_normal((128, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 128)
+    param = rng.standard_normal(784 * 256).astype(np.float32)                # MLP-M layer 1
+    p_grad, buf = np.ones_like(param), np.zeros_like(param)
+    size = act.nbytes
+    return {
+        "relu_forward (64,16,28,28)": (lambda b: lambda: kernel("relu_forward", b)(act), 2 * size),
+        "relu_backward (64,16,28,28)": (
+            lambda b: lambda: kernel("relu_backward", b)(grad, act), 3 * size),
+        "max_pool2d_forward 2x2 (64,16,28,28)": (
+            lambda b: lambda: kernel("max_pool2d_forward", b)(act, (2, 2), (2, 2), (0, 0)),
+            size + pooled.nbytes * 3),
+        "max_pool2d_backward 2x2 (64,16,28,28)": (
+            lambda b: lambda: kernel("max_pool2d_backward", b)(
+                g_pooled, argmax, act.shape, (2, 2), (2, 2), (0, 0)), size + pooled.nbytes * 3),
+        "batch_norm_forward (32,16,32,32)": (
+            lambda b: lambda: kernel("batch_norm_forward", b)(bn_x, gamma, beta, 1e-5),
+            2 * bn_x.nbytes),
+        "batch_norm_backward (32,16,32,32)": (
+            lambda b: lambda: kernel("batch_norm_backward", b)(bn_x, bn_x, gamma, mean, invstd),
+            3 * bn_x.nbytes),
+        "softmax_cross_entropy fwd+bwd (128,10)": (
+            lambda b: lambda: (kernel("softmax_cross_entropy", b)(logits, labels, None, 0.0),
+                               kernel("softmax_cross_entropy_backward", b)(
+                                   logits, labels, None, 0.0, np.ones(128, np.float32))),
+            3 * logits.nbytes),
+        "sgd_update momentum (784*256,)": (
+            lambda b: lambda: kernel("sgd_update", b)(param, p_grad, buf, 1e-9, 0.9, 0.0, False,
+                                                      0.0, False), 5 * param.nbytes),
+    }
+
+
+def memory_benchmarks(backends: list[str], matmul: float, repeats: int) -> dict[str, Any]:
+    """GB/s of the memory-bound kernels."""
+    rng = np.random.default_rng(1)
+    results: dict[str, Any] = {}
+    for name, (make, nbytes) in _memory_cases(rng).items():
+        seconds = interleaved_medians({b: make(b) for b in backends}, repeats)
+        results[name] = {b: {"gbs": nbytes / s / 1e9, "ms": s * 1e3} for b, s in seconds.items()}
+    return results
+
+
+def run_kernels(matmul: float, repeats: int) -> dict[str, Any]:
+    backends = [b for b in ("numpy", "numba") if b in available()]
+    return {"conv2d": conv_benchmarks(backends, matmul, repeats),
+            "memory": memory_benchmarks(backends, matmul, repeats)}

@@ -1,0 +1,16 @@
+"""Accelerated kernels of refnas, installed as ``refnas.kernels``.
+
+* :mod:`refnas.kernels.numba_cpu` registers the Numba (CPU) kernels; it imports the modules
+  ``numba_elementwise`` (relu, GELU, softmax-cross-entropy), ``numba_conv`` (convolution),
+  ``numba_pool`` (max / average pooling), ``numba_norm`` (batch norm), ``numba_optim``
+  (SGD, Adam, AdamW) and ``numba_importance`` (Taylor importance).
+* :mod:`refnas.kernels.cupy_gpu` registers the CuPy (GPU) kernels; CUDA C sources in ``cuda/``.
+
+Nothing here is imported by ``import refnas``: :mod:`refnas.backend` imports a backend's module
+the first time that backend is asked for, and records why when the import fails.
+"""
+from refnas.backend import _prepare_numba
+
+# Numba reads its threading layer and pool size once, at import: set them before any kernel
+# module imports Numba, even when one is imported directly rather than through the backend.
+_prepare_numba()

@@ -1,0 +1,358 @@
+r"""Numba + BLAS kernels for 2-D convolution: forward, input gradient, weight gradient.
+
+The arithmetic is matrix products done by the BLAS behind ``np.matmul`` (float32 sgemm, on every
+core); Numba does the memory work around them, one (sample, channel) plane per task (serially,
+or over ``prange`` for very large samples; see PARALLEL_PACK_MIN_SIZE):
+
+* **im2col** (Chellapilla et al. 2006) packs the receptive fields of the input into a matrix
+  with one row per (channel, kernel offset) :math:`k = (c, p, q)` and one column per output
+  position :math:`l = (i, j)`:
+  :math:`X_{k,l} = x_{c,\, i s_h + p d_h - \pi_h,\, j s_w + q d_w - \pi_w}` (zero outside);
+* forward: :math:`Y_g = W_g X_g` per group g, one product per sample;
+* weight gradient: :math:`\bar W_g = \bar Y_g X_g^\top`, summed over samples inside one product
+  by laying the columns of all samples side by side (the "wide" layout, K x N*L);
+* input gradient: :math:`\bar X_g = W_g^\top \bar Y_g`, then **col2im** adds each column entry
+  back to the input pixel it was read from. Each parallel task owns one (sample, channel) input
+  plane and adds into it alone, so no two tasks write one element (no scatter-add races).
+
+A 1x1 convolution with stride 1 and no padding needs no packing at all: its columns are the
+input itself.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numba import njit, prange
+
+from refnas.backend import register_kernel
+from refnas.kernels.numba_support import contiguous, same_float_dtype
+
+
+@njit(cache=True)
+def _valid_range(offset, stride, size, count):
+    """The output indices j in [0, count) with 0 <= j*stride + offset < size, as [lo, hi)."""
+    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    hi = 0 if size - offset <= 0 else (size - offset + stride - 1) // stride
+    lo = min(lo, count)
+    return lo, max(min(hi, count), lo)
+
+
+# The loops below copy between 1-D views over 0-based ranges: Numba then knows that no index is
+# negative, drops its wrap-around check and vectorises the loop (about 5x faster than indexing
+# the flat arrays at ``start + j``).
+@njit(cache=True)
+def _zero(a, start, stop):
+    view = a[start:stop]
+    for k in range(stop - start):
+        view[k] = 0
+
+
+@njit(cache=True)
+def _copy(destination, source, count):
+    for k in range(count):
+        destination[k] = source[k]
+
+
+@njit(cache=True)
+def _add(destination, source, count):
+    for k in range(count):
+        destination[k] += source[k]
+
+
+@njit(cache=True)
+def _shifted_block(dims, p, offset):
+    """For an aligned ("same", stride 1) convolution, kernel row p and column offset: the valid
+    output rows [first, last), the shift from column index to input index, and the range
+    [begin, end) of column indices whose input index lies inside the plane."""
+    h, w, ph, dh, oh, ow = dims[2], dims[3], dims[8], dims[10], dims[12], dims[13]
+    first = min(max(ph - p * dh, 0), oh)
+    last = max(min(h + ph - p * dh, oh), first)
+    shift = (p * dh - ph) * w + offset
+    return first, last, shift, max(first * ow, -shift), min(last * ow, h * w - shift)
+
+
+@njit(cache=True)
+def _pack_plane(plane, dims, cols, base, row_step):
+    """The KH*KW column rows of one input plane: row (p, q) starts at base + (p*KW + q)*row_step.
+
+    When the output rows line up with the input rows (stride 1 and OW = W, the "same"
+    convolution), row (p, q) is the plane shifted by one offset: one long copy, then the cells
+    that fell off the left or right edge are zeroed. Otherwise it is copied output row by row.
+    """
+    h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = dims[2:]
+    aligned = sh == 1 and sw == 1 and ow == w
+    for p in range(kh):
+        for q in range(kw):
+            start = base + (p * kw + q) * row_step
+            offset = q * dw - pw
+            lo, hi = _valid_range(offset, sw, w, ow)
+            if aligned:
+                first, last, shift, begin, end = _shifted_block(dims, p, offset)
+                _zero(cols, start, start + first * ow)
+                _zero(cols, start + last * ow, start + oh * ow)
+                if end > begin:
+                    _copy(cols[start + begin:], plane[begin + shift:], end - begin)
+                for oy in range(first, last):
+                    _zero(cols, start + oy * ow, start + oy * ow + lo)
+                    _zero(cols, start + oy * ow + hi, start + (oy + 1) * ow)
+                continue
+            for oy in range(oh):
+                r = oy * sh - ph + p * dh
+                line = start + oy * ow
+                if r < 0 or r >= h:                                 # a padding row
+                    _zero(cols, line, line + ow)
+                    continue
+                _zero(cols, line, line + lo)
+                if hi > lo:
+                    source, target = plane[r * w + offset + lo * sw:], cols[line + lo:]
+                    for k in range(hi - lo):
+                        target[k] = source[k * sw]
+                _zero(cols, line + hi, line + ow)
+
+
+# ``dims`` = (N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW), built by _Geometry.dims().
+@njit(cache=True)
+def _plane_rows(dims, task, wide):
+    """Where the KH*KW column rows of input plane ``task`` (= sample * C + channel) start, and
+    the distance between consecutive rows, in either column layout."""
+    n, c, kh, kw, oh, ow = dims[0], dims[1], dims[4], dims[5], dims[12], dims[13]
+    i, first_row, length = task // c, (task % c) * kh * kw, oh * ow
+    if wide:                                   # (C*KH*KW, N, OH*OW)
+        return (first_row * n + i) * length, n * length
+    return (i * c * kh * kw + first_row) * length, length     # (N, C*KH*KW, OH*OW)
+
+
+@njit(cache=True)
+def _im2col_planes(x, dims, wide, cols, start, stop):
+    """Pack the input planes task in [start, stop) of x (flat, N*C planes of H*W) into the flat
+    ``cols``: per sample (N, C*KH*KW, OH*OW), or, when ``wide``, side by side (C*KH*KW, N*OH*OW)."""
+    h, w = dims[2], dims[3]
+    for task in range(start, stop):
+        base, row_step = _plane_rows(dims, task, wide)
+        _pack_plane(x[task * h * w:(task + 1) * h * w], dims, cols, base, row_step)
+
+
+@njit(cache=True, parallel=True)
+def _im2col_parallel(x, dims, wide, cols):
+    for task in prange(dims[0] * dims[1]):
+        _im2col_planes(x, dims, wide, cols, task, task + 1)
+
+
+@njit(cache=True)
+def _unpack_plane(cols, base, row_step, dims, plane):
+    """Add the KH*KW column rows of one plane (row (p, q) at base + (p*KW + q)*row_step) back into
+    the plane; the adjoint of :func:`_pack_plane`. In the aligned case the entries that came
+    from padding are zeroed first (``cols`` is scratch), so one long add per row (p, q) is right.
+    """
+    h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = dims[2:]
+    aligned = sh == 1 and sw == 1 and ow == w
+    for k in range(h * w):
+        plane[k] = 0
+    for p in range(kh):
+        for q in range(kw):
+            start = base + (p * kw + q) * row_step
+            offset = q * dw - pw
+            lo, hi = _valid_range(offset, sw, w, ow)
+            if aligned:
+                first, last, shift, begin, end = _shifted_block(dims, p, offset)
+                for oy in range(first, last):
+                    _zero(cols, start + oy * ow, start + oy * ow + lo)
+                    _zero(cols, start + oy * ow + hi, start + (oy + 1) * ow)
+                if end > begin:
+                    _add(plane[begin + shift:], cols[start + begin:], end - begin)
+                continue
+            for oy in range(oh):
+                r = oy * sh - ph + p * dh
+                if r < 0 or r >= h:
+                    continue
+                if hi > lo:
+                    source, target = cols[start + oy * ow + lo:], plane[r * w + offset + lo * sw:]
+                    for k in range(hi - lo):
+                        target[k * sw] += source[k]
+
+
+@njit(cache=True)
+def _col2im_planes(cols, dims, wide, gx, start, stop):
+    """gx (flat, N*C planes of H*W) = the adjoint of :func:`_im2col_planes` applied to cols,
+    for the planes task in [start, stop); each task writes only its own plane."""
+    h, w = dims[2], dims[3]
+    for task in range(start, stop):
+        base, row_step = _plane_rows(dims, task, wide)
+        _unpack_plane(cols, base, row_step, dims, gx[task * h * w:(task + 1) * h * w])
+
+
+@njit(cache=True, parallel=True)
+def _col2im_parallel(cols, dims, wide, gx):
+    for task in prange(dims[0] * dims[1]):
+        _col2im_planes(cols, dims, wide, gx, task, task + 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry, chunks and packing (Python)
+# --------------------------------------------------------------------------------------------
+# Samples are processed in chunks whose column matrix is about this size, so that it is still in
+# the (32 MiB, shared) L3 cache when the matrix product reads it (packing all samples at once
+# would write the whole column matrix, often tens of MB, out to memory and read it back).
+CHUNK_BYTES = 1 << 23
+
+# Packing runs in parallel only for column matrices past this many elements (a sample of a large
+# image). Below, a serial pack beside BLAS's own threads was faster on this 2-core machine:
+# ResNet-18's convolutions took 125 ms per step with serial packing, 150-200 ms with parallel
+# packing (each parallel region waits to wake its workers, while BLAS's threads spin).
+PARALLEL_PACK_MIN_SIZE = 1 << 22
+
+# Below this many output positions per sample, one product per sample is too thin for BLAS:
+# the forward and input-gradient products then take the samples of a chunk side by side.
+WIDE_BELOW = 256
+
+
+class _Geometry:
+    """The integer tuples the Numba kernels take, and the sizes derived from them."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, out_hw=None):
+        self.x_shape = tuple(int(v) for v in x_shape)
+        self.kernel = (int(w_shape[2]), int(w_shape[3]))
+        self.stride, self.padding, self.dilation = (
+            tuple(int(v) for v in pair) for pair in (stride, padding, dilation))
+        self.out_hw = tuple(int(v) for v in out_hw) if out_hw is not None else tuple(
+            (n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(
+                self.x_shape[2:], self.kernel, self.stride, self.padding, self.dilation))
+        self.groups = int(groups)
+        self.rows = self.x_shape[1] * self.kernel[0] * self.kernel[1]      # K, all groups
+        self.length = self.out_hw[0] * self.out_hw[1]                      # L
+        # a 1x1, stride-1, unpadded convolution: the input already is its column matrix
+        self.pointwise = (self.kernel == (1, 1) and self.stride == (1, 1)
+                          and self.padding == (0, 0))
+        self.wide = self.length < WIDE_BELOW
+
+    def dims(self, n: int) -> tuple[int, ...]:
+        """The 14 integers the Numba kernels take, for a chunk of n samples."""
+        return (n, *self.x_shape[1:], *self.kernel, *self.stride, *self.padding, *self.dilation,
+                *self.out_hw)
+
+    def chunks(self, itemsize: int):
+        """Slices of the samples, each with about CHUNK_BYTES of columns."""
+        n = self.x_shape[0]
+        size = max(1, min(n, CHUNK_BYTES // max(self.rows * self.length * itemsize, 1)))
+        return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+    def pack(self, x, wide: bool, buffer):
+        """im2col of the samples x (a chunk): (n, K, L), or (K, n*L) when ``wide``."""
+        n = x.shape[0]
+        if self.pointwise:
+            cols = x.reshape(n, self.rows, self.length)
+            return (np.ascontiguousarray(cols.transpose(1, 0, 2)).reshape(self.rows, -1)
+                    if wide else cols)
+        cols = buffer[:n * self.rows * self.length]
+        args = (x.reshape(-1), self.dims(n), wide, cols)
+        if cols.size >= PARALLEL_PACK_MIN_SIZE:
+            _im2col_parallel(*args)
+        else:
+            _im2col_planes(*args, 0, n * self.x_shape[1])
+        return cols.reshape(self.rows, n * self.length) if wide else cols.reshape(
+            n, self.rows, self.length)
+
+    def unpack(self, cols, wide: bool, gx):
+        """col2im of columns, (n, K, L) or (K, n*L) when ``wide``, into gx (n, C, H, W)."""
+        args = (cols.reshape(-1), self.dims(gx.shape[0]), wide, gx.reshape(-1))
+        if cols.size >= PARALLEL_PACK_MIN_SIZE:
+            _col2im_parallel(*args)
+        else:
+            _col2im_planes(*args, 0, gx.shape[0] * gx.shape[1])
+
+    def buffer(self, dtype):
+        """Scratch space for one chunk's columns, reused from call to call."""
+        chunk = self.chunks(np.dtype(dtype).itemsize)[0]
+        return _scratch((chunk.stop - chunk.start) * self.rows * self.length, dtype)
+
+
+# One column buffer per thread and dtype, grown as needed and kept: a fresh multi-megabyte array
+# per call would be fresh pages from the OS, each page-faulted on first write (measured: the
+# forward of CNN-S's second convolution took twice as long inside a training step as alone).
+_buffers = threading.local()
+
+
+def _scratch(size: int, dtype) -> np.ndarray:
+    key = np.dtype(dtype).str
+    buffers = _buffers.__dict__
+    buffer = buffers.get(key)
+    if buffer is None or buffer.size < size:
+        buffer = buffers[key] = np.empty(size, dtype)
+    return buffer[:size]
+
+
+def _supported(a, b, *args, **kwargs) -> bool:
+    return same_float_dtype(a, b) and a.ndim == 4 and b.ndim == 4
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+@register_kernel("conv2d_forward", "numba", supports=_supported)
+def conv2d_forward(x, w, stride, padding, dilation, groups):
+    """y (N, O, OH, OW) = per group W_g @ im2col(x)_g, one sgemm per sample (Numba + BLAS)."""
+    x, w = contiguous(x), contiguous(w)
+    geometry = _Geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    n, o, g = x.shape[0], w.shape[0], geometry.groups
+    y = np.empty((n, o, *geometry.out_hw), x.dtype)
+    y_groups = y.reshape(n, g, o // g, geometry.length)
+    w_mat = w.reshape(g, o // g, -1)                                     # (G, O/G, K/G)
+    buffer = geometry.buffer(x.dtype)
+    for chunk in geometry.chunks(x.itemsize):
+        cols = geometry.pack(x[chunk], geometry.wide, buffer)
+        if geometry.wide:                                                # (G, O/G, n*L)
+            y_wide = np.matmul(w_mat, cols.reshape(g, -1, cols.shape[1]))
+            y_groups[chunk] = y_wide.reshape(g, o // g, -1, geometry.length).transpose(
+                2, 0, 1, 3)
+        else:                                                            # (n, G, O/G, L)
+            np.matmul(w_mat, cols.reshape(cols.shape[0], g, -1, geometry.length),
+                      out=y_groups[chunk])
+    return y
+
+
+@register_kernel("conv2d_weight_grad", "numba", supports=_supported)
+def conv2d_weight_grad(x, gy, weight_shape, stride, padding, dilation, groups):
+    """gw = per group gY_g (O/G, n*L) @ im2col(x)_g^T (n*L, K/G), summed over chunks of n
+    samples: the sum over samples happens inside the sgemm (Numba + BLAS)."""
+    x, gy = contiguous(x), contiguous(gy)
+    geometry = _Geometry(x.shape, weight_shape, stride, padding, dilation, groups, gy.shape[2:])
+    o, g = gy.shape[1], geometry.groups
+    gw = np.zeros((g, o // g, geometry.rows // g), x.dtype)
+    buffer = geometry.buffer(x.dtype)
+    for chunk in geometry.chunks(x.itemsize):
+        cols = geometry.pack(x[chunk], True, buffer)                     # (K, n*L)
+        gy_wide = np.ascontiguousarray(gy[chunk].reshape(-1, o, geometry.length)
+                                       .transpose(1, 0, 2))              # (O, n, L)
+        gw += np.matmul(gy_wide.reshape(g, o // g, -1),
+                        cols.reshape(g, geometry.rows // g, -1).transpose(0, 2, 1))
+    return gw.reshape(tuple(weight_shape))
+
+
+@register_kernel("conv2d_input_grad", "numba", supports=_supported)
+def conv2d_input_grad(gy, w, input_shape, stride, padding, dilation, groups):
+    """gx = col2im(per group W_g^T @ gY_g), one sgemm per sample (Numba + BLAS)."""
+    gy, w = contiguous(gy), contiguous(w)
+    geometry = _Geometry(input_shape, w.shape, stride, padding, dilation, groups, gy.shape[2:])
+    n, o, g = gy.shape[0], w.shape[0], geometry.groups
+    w_t = w.reshape(g, o // g, -1).transpose(0, 2, 1)                    # (G, K/G, O/G)
+    gy_groups = gy.reshape(n, g, o // g, geometry.length)
+    if geometry.pointwise:
+        return np.matmul(w_t, gy_groups).reshape(geometry.x_shape)
+    gx = np.empty(geometry.x_shape, gy.dtype)
+    buffer = geometry.buffer(gy.dtype)
+    for chunk in geometry.chunks(gy.itemsize):
+        count = chunk.stop - chunk.start
+        cols = buffer[:count * geometry.rows * geometry.length]
+        if geometry.wide:                                                # (G, K/G, n*L)
+            gy_wide = np.ascontiguousarray(gy_groups[chunk].transpose(1, 2, 0, 3))
+            np.matmul(w_t, gy_wide.reshape(g, o // g, -1),
+                      out=cols.reshape(g, geometry.rows // g, -1))
+        else:                                                            # (n, G, K/G, L)
+            np.matmul(w_t, gy_groups[chunk],
+                      out=cols.reshape(count, g, geometry.rows // g, geometry.length))
+        geometry.unpack(cols, geometry.wide, gx[chunk])
+    return gx
+
+
+__all__ = ["conv2d_forward", "conv2d_weight_grad", "conv2d_input_grad"]

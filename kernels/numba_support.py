@@ -1,0 +1,47 @@
+"""Shared helpers of the Numba kernels: input checks for ``supports=`` and argument preparation.
+
+Every Numba kernel is compiled only for C-contiguous float32 and float64 arrays (plus int64
+labels and indices) and for Python floats/ints/bools as scalars. The wrappers make that true
+(``np.ascontiguousarray``, ``float(...)``, ``int(...)``), so a program compiles at most two
+specialisations of each kernel (one per dtype) and the on-disk cache always hits.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Below this many elements a kernel runs serially: waking the worker threads of a parallel
+# region (tens of microseconds on this 2-core virtual machine with the workqueue layer) costs
+# more than splitting a memory-bound pass saves.
+PARALLEL_MIN_SIZE = 1 << 18
+
+# Elementwise parallel loops work on chunks of this many elements (cache-friendly, few tasks).
+CHUNK = 1 << 14
+
+
+def same_float_dtype(*arrays: Any) -> bool:
+    """True when every argument that is not None is a NumPy array of one float32/float64 dtype."""
+    dtype = None
+    for a in arrays:
+        if a is None:
+            continue
+        if type(a) is not np.ndarray or a.dtype not in FLOAT_DTYPES:
+            return False
+        if dtype is None:
+            dtype = a.dtype
+        elif a.dtype != dtype:
+            return False
+    return dtype is not None
+
+
+def contiguous(a: np.ndarray) -> np.ndarray:
+    """``a`` itself when already C-contiguous, else a C-contiguous copy."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def flat(a: np.ndarray) -> np.ndarray:
+    """A 1-D C-contiguous view (or copy, when ``a`` is not contiguous) of ``a``."""
+    return contiguous(a).reshape(-1)

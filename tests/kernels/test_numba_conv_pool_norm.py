@@ -1,0 +1,196 @@
+"""Numba convolution, pooling and batch-norm kernels equal their NumPy references over drawn
+shapes, strides, paddings, dilations, groups, dtypes and memory layouts."""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import refnas.ops  # noqa: F401  (registers the NumPy references)
+from refnas.kernels.numba_support import PARALLEL_MIN_SIZE
+from tests.kernels.helpers import assert_close, layout, needs_numba, normal, numba_and_reference
+
+pytestmark = needs_numba
+DTYPES = st.sampled_from([np.float32, np.float64])
+
+
+def _conv_case(data):
+    """(x shape, w shape, stride, padding, dilation, groups, output hw) with a kernel that fits."""
+    groups = data.draw(st.sampled_from([1, 1, 2, 3]), label="groups")
+    cg, og = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    kernel_hw = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))
+    stride = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    padding = (data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2)))
+    dilation = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
+    hw = tuple(max(d * (k - 1) + 1 - 2 * p, 1) + data.draw(st.integers(0, 6))
+               for k, p, d in zip(kernel_hw, padding, dilation))
+    out_hw = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                   for n, k, s, p, d in zip(hw, kernel_hw, stride, padding, dilation))
+    x_shape = (data.draw(st.integers(1, 3)), groups * cg, *hw)
+    w_shape = (groups * og, cg, *kernel_hw)
+    return x_shape, w_shape, stride, padding, dilation, groups, out_hw
+
+
+def _conv_strategy(data) -> ExitStack:
+    """Patch the Numba convolution's layout choices to drawn values, so that every path runs on
+    small inputs: per-sample or side-by-side ("wide") products, one or many chunks of samples,
+    serial or parallel packing."""
+    from refnas.kernels import numba_conv
+    stack = ExitStack()
+    for name, values in [("WIDE_BELOW", [0, 10**9]), ("CHUNK_BYTES", [1, 1 << 23]),
+                         ("PARALLEL_PACK_MIN_SIZE", [0, 1 << 22])]:
+        stack.enter_context(mock.patch.object(numba_conv, name,
+                                              data.draw(st.sampled_from(values), label=name)))
+    return stack
+
+
+@given(data=st.data(), dtype=DTYPES)
+def test_conv2d_forward_and_gradients(data, dtype):
+    with _conv_strategy(data):
+        _check_conv(data, dtype)
+
+
+def _check_conv(data, dtype):
+    x_shape, w_shape, stride, padding, dilation, groups, out_hw = _conv_case(data)
+    geometry = (stride, padding, dilation, groups)
+    x, w = normal(data, x_shape, dtype), normal(data, w_shape, dtype)
+    gy = normal(data, (x_shape[0], w_shape[0], *out_hw), dtype)
+    _compare_conv(x, w, gy, geometry)
+
+
+def _compare_conv(x, w, gy, geometry):
+    """Forward, input gradient and weight gradient of the two backends agree, within a bound
+    from the same kernel on absolute values."""
+    fast, reference = numba_and_reference("conv2d_forward")
+    assert_close(fast(x, w, *geometry), reference(x, w, *geometry),
+                 bound=reference(np.abs(x), np.abs(w), *geometry))
+    fast, reference = numba_and_reference("conv2d_input_grad")
+    assert_close(fast(gy, w, x.shape, *geometry), reference(gy, w, x.shape, *geometry),
+                 bound=reference(np.abs(gy), np.abs(w), x.shape, *geometry))
+    fast, reference = numba_and_reference("conv2d_weight_grad")
+    assert_close(fast(x, gy, w.shape, *geometry), reference(x, gy, w.shape, *geometry),
+                 bound=reference(np.abs(x), np.abs(gy), w.shape, *geometry))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_pointwise_and_workload_shapes(dtype):
+    """The 1x1 shortcut path (no packing) and a ResNet-like 3x3 layer, at a realistic size."""
+    rng = np.random.default_rng(1)
+    for x_shape, w_shape, stride, padding in [((4, 16, 8, 8), (32, 16, 1, 1), (1, 1), (0, 0)),
+                                              ((4, 16, 8, 8), (32, 16, 1, 1), (2, 2), (0, 0)),
+                                              ((8, 16, 16, 16), (16, 16, 3, 3), (1, 1), (1, 1))]:
+        geometry = (stride, padding, (1, 1), 1)
+        x = rng.standard_normal(x_shape).astype(dtype)
+        w = rng.standard_normal(w_shape).astype(dtype)
+        y = numba_and_reference("conv2d_forward")[1](x, w, *geometry)
+        _compare_conv(x, w, rng.standard_normal(y.shape).astype(dtype), geometry)
+
+
+def _pool_case(data):
+    kernel_size = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))
+    stride = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    padding = tuple(data.draw(st.integers(0, k // 2)) for k in kernel_size)
+    hw = tuple(max(k - 2 * p, 1) + data.draw(st.integers(0, 6))
+               for k, p in zip(kernel_size, padding))
+    shape = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4)), *hw)
+    return shape, kernel_size, stride, padding
+
+
+def _distinct(data, shape, dtype):
+    """Distinct values (no ties, so the argmax is unique) in random order and drawn layout."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    values = (rng.permutation(int(np.prod(shape))) - np.prod(shape) / 2).reshape(shape) * 0.25
+    return layout(data, values.astype(dtype))
+
+
+@given(data=st.data(), dtype=DTYPES)
+def test_max_pool2d(data, dtype):
+    shape, kernel_size, stride, padding = _pool_case(data)
+    x = _distinct(data, shape, dtype)
+    fast, reference = numba_and_reference("max_pool2d_forward")
+    (y, argmax), (y_ref, argmax_ref) = fast(x, kernel_size, stride, padding), \
+        reference(x, kernel_size, stride, padding)
+    assert_close((y, argmax), (y_ref, argmax_ref))       # argmax: exactly equal
+    gy = normal(data, y.shape, dtype)
+    fast, reference = numba_and_reference("max_pool2d_backward")
+    args = (gy, argmax_ref, shape, kernel_size, stride, padding)
+    assert_close(fast(*args), reference(*args), bound=reference(np.abs(gy), *args[1:]))
+
+
+@given(data=st.data(), dtype=DTYPES, count_include_pad=st.booleans())
+def test_avg_pool2d(data, dtype, count_include_pad):
+    shape, kernel_size, stride, padding = _pool_case(data)
+    x = normal(data, shape, dtype)
+    geometry = (kernel_size, stride, padding, count_include_pad)
+    fast, reference = numba_and_reference("avg_pool2d_forward")
+    y = reference(x, *geometry)
+    assert_close(fast(x, *geometry), y, bound=reference(np.abs(x), *geometry))
+    gy = normal(data, y.shape, dtype)
+    fast, reference = numba_and_reference("avg_pool2d_backward")
+    assert_close(fast(gy, shape, *geometry), reference(gy, shape, *geometry),
+                 bound=reference(np.abs(gy), shape, *geometry))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pooling_parallel_path(dtype):
+    """Inputs past the parallel threshold take the prange driver."""
+    shape = (4, 8, 64, PARALLEL_MIN_SIZE // 2048 + 1)
+    x = np.random.default_rng(2).standard_normal(shape).astype(dtype)
+    geometry = ((3, 3), (2, 2), (1, 1))
+    fast, reference = numba_and_reference("max_pool2d_forward")
+    y, argmax = reference(x, *geometry)
+    assert_close(fast(x, *geometry), (y, argmax))
+    fast, reference = numba_and_reference("max_pool2d_backward")
+    assert_close(fast(y, argmax, x.shape, *geometry), reference(y, argmax, x.shape, *geometry),
+                 bound=reference(np.abs(y), argmax, x.shape, *geometry))
+    fast, reference = numba_and_reference("avg_pool2d_forward")
+    assert_close(fast(x, *geometry, False), reference(x, *geometry, False),
+                 bound=reference(np.abs(x), *geometry, False))
+    fast, reference = numba_and_reference("avg_pool2d_backward")
+    assert_close(fast(y, x.shape, *geometry, True), reference(y, x.shape, *geometry, True),
+                 bound=reference(np.abs(y), x.shape, *geometry, True))
+
+
+@given(data=st.data(), dtype=DTYPES)
+def test_batch_norm(data, dtype):
+    c = data.draw(st.integers(1, 5))
+    large = data.draw(st.integers(0, 4), label="large") == 0      # the parallel path
+    flat_shape = (data.draw(st.integers(2, 9)), c)
+    image_shape = (data.draw(st.integers(1, 3)), c, data.draw(st.integers(1, 5)),
+                   data.draw(st.integers(2, 5)))
+    shape = data.draw(st.sampled_from([flat_shape, image_shape]))
+    if large:
+        shape = (2, c, 128, PARALLEL_MIN_SIZE // 256 + 1)
+    shift = data.draw(st.sampled_from([0.0, 3.0]), label="mean offset")
+    x = normal(data, shape, dtype) + dtype(shift)
+    weight, bias = normal(data, (c,), dtype), normal(data, (c,), dtype)
+    fast, reference = numba_and_reference("batch_norm_forward")
+    y, mean, invstd = reference(x, weight, bias, 1e-5)
+    # the bound: normalised values are O(|weight| * |xhat|), invstd has the condition of 1/sigma
+    scale = np.abs(y) + np.abs(weight).max() * 4 + np.abs(bias).max()
+    assert_close(fast(x, weight, bias, 1e-5), (y, mean, invstd),
+                 bound=(scale, np.abs(mean) + shift + 1, invstd * 10))
+    gy = normal(data, shape, dtype)
+    fast, reference = numba_and_reference("batch_norm_backward")
+    want = reference(gy, x, weight, mean, invstd)
+    m = x.size // c
+    sums = np.abs(gy).reshape(shape[0], c, -1).sum(axis=(0, 2)) * 4       # ~ sum |g| |xhat|
+    assert_close(fast(gy, x, weight, mean, invstd), want,
+                 bound=(np.abs(want[0]) + np.abs(weight * invstd).max() * sums.max() / m * 4,
+                        sums, sums))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool2d_nan_is_the_maximum_like_the_reference(dtype):
+    """np.argmax takes the first NaN of a window; the Numba kernel's fast NaN-free loop must
+    not change that (it checks each plane for NaN first)."""
+    x = np.arange(2 * 3 * 6 * 6, dtype=dtype).reshape(2, 3, 6, 6)
+    x[0, 1, 2, 3] = x[1, 2, 0, 0] = x[1, 2, 1, 1] = np.nan
+    for geometry in [((2, 2), (2, 2), (0, 0)), ((3, 3), (1, 1), (1, 1))]:
+        fast, reference = numba_and_reference("max_pool2d_forward")
+        (y, argmax), (y_ref, argmax_ref) = fast(x, *geometry), reference(x, *geometry)
+        np.testing.assert_array_equal(argmax, argmax_ref)
+        np.testing.assert_array_equal(y, y_ref)          # NaN where the reference has NaN

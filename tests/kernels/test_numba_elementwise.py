@@ -1,0 +1,107 @@
+"""Numba activation, softmax-cross-entropy, optimizer and Taylor-importance kernels equal their
+NumPy references, on small inputs and on inputs large enough to take the parallel path."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import refnas.ops  # noqa: F401  (registers the NumPy references)
+import refnas.optim  # noqa: F401
+from refnas.kernels.numba_support import PARALLEL_MIN_SIZE
+from refnas.prune.importance import TAYLOR_MODES
+from tests.kernels.helpers import assert_close, needs_numba, normal, numba_and_reference
+
+pytestmark = needs_numba
+DTYPES = st.sampled_from([np.float32, np.float64])
+
+
+def _shape(data) -> tuple:
+    """A small odd shape, or (rarely) one past the parallel threshold."""
+    if data.draw(st.integers(0, 3), label="large") == 0:
+        return (3, PARALLEL_MIN_SIZE // 3 + data.draw(st.integers(1, 99)))
+    return tuple(data.draw(st.lists(st.integers(1, 7), min_size=1, max_size=4), label="shape"))
+
+
+@pytest.mark.parametrize("name", ["relu", "gelu"])
+@given(data=st.data(), dtype=DTYPES)
+def test_activations(name, data, dtype):
+    shape = _shape(data)
+    x, g = normal(data, shape, dtype, scale=3.0), normal(data, shape, dtype)
+    fast, reference = numba_and_reference(f"{name}_forward")
+    assert_close(fast(x), reference(x))
+    fast, reference = numba_and_reference(f"{name}_backward")
+    assert_close(fast(g, x), reference(g, x), bound=np.abs(g) * 2)
+
+
+@given(data=st.data(), dtype=DTYPES, weighted=st.booleans(),
+       label_smoothing=st.sampled_from([0.0, 0.1]))
+def test_softmax_cross_entropy(data, dtype, weighted, label_smoothing):
+    large = data.draw(st.integers(0, 3), label="large") == 0
+    c = data.draw(st.integers(1, 12))
+    n = PARALLEL_MIN_SIZE // c + 3 if large else data.draw(st.integers(1, 9))
+    logits = normal(data, (n, c), dtype, scale=data.draw(st.sampled_from([1.0, 30.0])))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1)))
+    target = rng.integers(0, c, n)
+    weight = rng.uniform(0.5, 2.0, c).astype(dtype) if weighted else None
+    g = normal(data, (n,), dtype)
+    args = (logits, target, weight, label_smoothing)
+    fast, reference = numba_and_reference("softmax_cross_entropy")
+    loss = reference(*args)
+    assert_close(fast(*args), loss, bound=np.abs(loss) + np.abs(logits).max(axis=1) * 2)
+    fast, reference = numba_and_reference("softmax_cross_entropy_backward")
+    assert_close(fast(*args, g), reference(*args, g), bound=np.abs(g)[:, None] * 4)
+
+
+def _apply_in_place(name, arrays, scalars):
+    """Run the Numba and the reference update on copies; return both sets of arrays."""
+    fast, reference = numba_and_reference(name)
+    ours, theirs = copy.deepcopy(arrays), copy.deepcopy(arrays)
+    fast(*ours, *scalars)
+    reference(*theirs, *scalars)
+    return tuple(a for a in ours if a is not None), tuple(a for a in theirs if a is not None)
+
+
+@given(data=st.data(), dtype=DTYPES, momentum=st.sampled_from([0.0, 0.9]),
+       nesterov=st.booleans(), dampening=st.sampled_from([0.0, 0.1]),
+       weight_decay=st.sampled_from([0.0, 1e-2]), first_step=st.booleans())
+def test_sgd_update(data, dtype, momentum, nesterov, dampening, weight_decay, first_step):
+    shape = _shape(data)
+    param = np.ascontiguousarray(normal(data, shape, dtype))
+    grad = normal(data, shape, dtype)
+    buf = np.ascontiguousarray(normal(data, shape, dtype)) if momentum else None
+    ours, theirs = _apply_in_place(
+        "sgd_update", (param, grad, buf),
+        (0.1, momentum, dampening, nesterov and momentum > 0, weight_decay, first_step))
+    assert_close(ours, theirs, bound=tuple(np.abs(a) + 2 for a in theirs))
+
+
+@given(data=st.data(), dtype=DTYPES, decoupled=st.booleans(), step=st.integers(1, 5),
+       weight_decay=st.sampled_from([0.0, 1e-2]))
+def test_adam_update(data, dtype, decoupled, step, weight_decay):
+    shape = _shape(data)
+    param = np.ascontiguousarray(normal(data, shape, dtype))
+    exp_avg = np.ascontiguousarray(normal(data, shape, dtype, scale=0.1))
+    exp_avg_sq = np.abs(np.ascontiguousarray(normal(data, shape, dtype, scale=0.1)))
+    grad = normal(data, shape, dtype)
+    ours, theirs = _apply_in_place(
+        "adam_update", (param, grad, exp_avg, exp_avg_sq),
+        (step, 1e-2, 0.9, 0.999, 1e-8, weight_decay, decoupled))
+    assert_close(ours, theirs, bound=tuple(np.abs(a) + 1 for a in theirs))
+
+
+@given(data=st.data(), dtype=DTYPES, mode=st.sampled_from(TAYLOR_MODES))
+def test_taylor_importance(data, dtype, mode):
+    n, c = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    shape = data.draw(st.sampled_from([(n, c), (n, c, data.draw(st.integers(1, 5)), 3)]))
+    a, g = normal(data, shape, dtype), normal(data, shape, dtype)
+    fast, reference = numba_and_reference("taylor_importance")
+    want = reference(a, g, mode)
+    assert want.dtype == np.float64
+    bound = reference(np.abs(a), np.abs(g), "signed_sum" if mode == "signed_sum" else "mean_abs")
+    if mode == "squared":
+        bound = bound * bound
+    # float32 inputs are widened exactly, so only the float64 sums differ: tolerance of float64
+    assert_close(fast(a, g, mode), want, bound=bound)
