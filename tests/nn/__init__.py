@@ -1,0 +1,1 @@
+"""Tests of refnas.nn, optim, train, io, demo and estimators."""
