@@ -23,7 +23,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -31,6 +30,7 @@ if __package__ in (None, ""):  # run as a script path: make the repository impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from refnas import backend  # noqa: E402
+from refnas.io import atomic_write  # noqa: E402
 from benchmarks.timing import machine, matmul_gflops  # noqa: E402
 from benchmarks.workloads import WORKLOADS  # noqa: E402
 
@@ -153,14 +153,6 @@ def markdown(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomically(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".bench-", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
-
-
 def run(args: argparse.Namespace) -> int:
     arguments = sys.argv[1:]
     command = ("refnas " if arguments[:1] == ["bench"] else "python -m benchmarks ") + " ".join(
@@ -188,9 +180,11 @@ def run(args: argparse.Namespace) -> int:
     table = markdown(results, command.strip())
     print(table)
     if args.markdown:
-        _write_atomically(args.markdown, table)
+        with atomic_write(args.markdown, "w") as handle:
+            handle.write(table)
     if args.json:
-        _write_atomically(args.json, json.dumps(results, indent=2, default=float) + "\n")
+        with atomic_write(args.json, "w") as handle:
+            handle.write(json.dumps(results, indent=2, default=float) + "\n")
     print(f"done in {results['seconds']:.0f} s")
     return 0
 

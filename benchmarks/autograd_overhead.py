@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from typing import Any, Callable
 
@@ -30,6 +29,7 @@ if __package__ in (None, ""):  # run as a script path: make the repository impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import refnas as rn  # noqa: E402
+from refnas.io import atomic_write  # noqa: E402
 
 
 def _chain(x, w, n_ops: int, tanh: Callable):
@@ -125,14 +125,6 @@ def _report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json_atomically(path: str, payload: Any) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".autograd_overhead.", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=1)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="PATH", help="also write the result as JSON here")
@@ -142,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.ops, args.repeats)
     print(_report(result))
     if args.json:
-        _write_json_atomically(args.json, result)
+        with atomic_write(args.json, "w") as handle:
+            json.dump(result, handle, indent=1)
     return 0
 
 

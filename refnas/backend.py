@@ -261,7 +261,8 @@ def _warn_once(name: str, backend: str, args: tuple) -> None:
 def kernels(backend: str | None = None) -> list[str]:
     """Names of the kernels registered for ``backend`` (all names if None)."""
     if backend is not None:
-        _load(backend) if backend != "numpy" else None
+        if backend != "numpy":
+            _load(backend)
         return sorted(n for n, b in _registry if b == backend)
     return sorted({n for n, _ in _registry})
 

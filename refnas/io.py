@@ -63,9 +63,10 @@ class Checkpoint:
 # Atomic writes
 # --------------------------------------------------------------------------------------------
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "wb", **options: Any) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync it and ``os.replace`` it over
-    ``path``; on any exception delete it, leaving ``path`` untouched::
+    ``path``; on any exception delete it, leaving ``path`` untouched. ``options`` go to
+    ``open`` (e.g. ``encoding``, ``newline``)::
 
         with atomic_write("summary.json", "w") as f:
             json.dump(summary, f)
@@ -79,7 +80,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
                                      suffix=".tmp")
     try:
-        with os.fdopen(fd, mode) as handle:
+        with os.fdopen(fd, mode, **options) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -12,14 +12,13 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 import numpy as np
 
+from refnas.io import atomic_write
 from refnas.search.trial import TrialRecord, encode_value
 
 __all__ = ["atomic_open", "write_json", "read_json", "write_csv", "read_csv"]
@@ -32,18 +31,12 @@ _CSV_PLAIN_FIELDS = ("datetime_start", "datetime_complete", "traceback", "heartb
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path``; on success it replaces ``path``."""
+    """:func:`refnas.io.atomic_write`, creating the folder and writing text as UTF-8."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8",
-                                                             "newline": ""})) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
+    with atomic_write(path, mode, **text) as f:
+        yield f
 
 
 def write_json(trials: list[TrialRecord], path: str | Path, study_name: str | None = None) -> Path:
