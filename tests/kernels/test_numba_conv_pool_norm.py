@@ -135,23 +135,59 @@ def test_avg_pool2d(data, dtype, count_include_pad):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_pooling_parallel_path(dtype):
-    """Inputs past the parallel threshold take the prange driver."""
-    shape = (4, 8, 64, PARALLEL_MIN_SIZE // 2048 + 1)
-    x = np.random.default_rng(2).standard_normal(shape).astype(dtype)
-    geometry = ((3, 3), (2, 2), (1, 1))
+def test_pooling_at_workload_sizes(dtype):
+    """CNN-S-sized inputs: the 2x2/2 fast path and a general window on many planes."""
+    x = np.random.default_rng(2).standard_normal((64, 16, 28, 28)).astype(dtype)
+    for geometry in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1))]:
+        fast, reference = numba_and_reference("max_pool2d_forward")
+        y, argmax = reference(x, *geometry)
+        assert_close(fast(x, *geometry), (y, argmax))
+        fast, reference = numba_and_reference("max_pool2d_backward")
+        assert_close(fast(y, argmax, x.shape, *geometry),
+                     reference(y, argmax, x.shape, *geometry),
+                     bound=reference(np.abs(y), argmax, x.shape, *geometry))
+        fast, reference = numba_and_reference("avg_pool2d_forward")
+        assert_close(fast(x, *geometry, False), reference(x, *geometry, False),
+                     bound=reference(np.abs(x), *geometry, False))
+        fast, reference = numba_and_reference("avg_pool2d_backward")
+        assert_close(fast(y, x.shape, *geometry, True), reference(y, x.shape, *geometry, True),
+                     bound=reference(np.abs(y), x.shape, *geometry, True))
+
+
+@given(data=st.data(), dtype=DTYPES)
+def test_max_pool2d_2x2_fast_path_ties_zeros_and_nan(data, dtype):
+    """The 2x2/stride-2 loop on odd and even sides (the last row/column is dropped when odd),
+    values from a small set (ties, +0 and -0, infinities) and, in some planes, NaN: y, its sign
+    and argmax (first maximum in window order, first NaN) equal the reference exactly."""
+    n, c = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4))
+    shape = (n, c, data.draw(st.integers(2, 9)), data.draw(st.integers(2, 9)))
+    pool = [-np.inf, -1.0, -0.0, 0.0, 1.0, 2.0, np.inf]
+    if data.draw(st.booleans(), label="with NaN"):
+        pool.append(np.nan)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    x = layout(data, rng.choice(np.array(pool), size=shape).astype(dtype))
+    geometry = ((2, 2), (2, 2), (0, 0))
     fast, reference = numba_and_reference("max_pool2d_forward")
-    y, argmax = reference(x, *geometry)
-    assert_close(fast(x, *geometry), (y, argmax))
+    (y, argmax), (y_ref, argmax_ref) = fast(x, *geometry), reference(x, *geometry)
+    np.testing.assert_array_equal(argmax, argmax_ref)
+    np.testing.assert_array_equal(y, y_ref)                  # NaN where the reference has NaN
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(y_ref))
+    assert argmax.dtype == np.int64 and y.dtype == dtype
+    gy = normal(data, y.shape, dtype)
     fast, reference = numba_and_reference("max_pool2d_backward")
-    assert_close(fast(y, argmax, x.shape, *geometry), reference(y, argmax, x.shape, *geometry),
-                 bound=reference(np.abs(y), argmax, x.shape, *geometry))
-    fast, reference = numba_and_reference("avg_pool2d_forward")
-    assert_close(fast(x, *geometry, False), reference(x, *geometry, False),
-                 bound=reference(np.abs(x), *geometry, False))
-    fast, reference = numba_and_reference("avg_pool2d_backward")
-    assert_close(fast(y, x.shape, *geometry, True), reference(y, x.shape, *geometry, True),
-                 bound=reference(np.abs(y), x.shape, *geometry, True))
+    args = (gy, argmax_ref, shape, *geometry)
+    np.testing.assert_array_equal(fast(*args), reference(*args))    # one addend per cell
+
+
+def test_max_pool2d_backward_rejects_an_argmax_outside_its_plane():
+    """Numba does not check bounds: an index past the (H, W) plane must raise, not write
+    outside the gradient."""
+    gy = np.ones((1, 2, 2, 2))
+    argmax = np.zeros((1, 2, 2, 2), np.int64)
+    argmax[0, 1, 1, 1] = 16                                   # H * W = 16 for a 4x4 input
+    fast, _ = numba_and_reference("max_pool2d_backward")
+    with pytest.raises(ValueError, match="max_pool2d_backward: an argmax index"):
+        fast(gy, argmax, (1, 2, 4, 4), (2, 2), (2, 2), (0, 0))
 
 
 @given(data=st.data(), dtype=DTYPES)
@@ -194,3 +230,67 @@ def test_max_pool2d_nan_is_the_maximum_like_the_reference(dtype):
         (y, argmax), (y_ref, argmax_ref) = fast(x, *geometry), reference(x, *geometry)
         np.testing.assert_array_equal(argmax, argmax_ref)
         np.testing.assert_array_equal(y, y_ref)          # NaN where the reference has NaN
+
+
+def _compare_batch_norm(x, weight, bias, gy):
+    """Forward and backward of the two backends agree (the bounds of test_batch_norm)."""
+    c = x.shape[1]
+    fast, reference = numba_and_reference("batch_norm_forward")
+    y, mean, invstd = reference(x, weight, bias, 1e-5)
+    scale = np.abs(y) + np.abs(weight).max() * 4 + np.abs(bias).max()
+    assert_close(fast(x, weight, bias, 1e-5), (y, mean, invstd),
+                 bound=(scale, np.abs(mean) + 1, invstd * 10))
+    fast, reference = numba_and_reference("batch_norm_backward")
+    want = reference(gy, x, weight, mean, invstd)
+    m = x.size // c
+    sums = np.abs(gy).reshape(x.shape[0], c, -1).sum(axis=(0, 2)) * 4
+    assert_close(fast(gy, x, weight, mean, invstd), want,
+                 bound=(np.abs(want[0]) + np.abs(weight * invstd).max() * sums.max() / m * 4,
+                        sums, sums))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 2, 257), (2, 3, 16, 16), (2, 3, 511), (4, 5),
+                                   (128, 256), (5, 3, 1), (32, 16, 32, 32)])
+def test_batch_norm_block_edges_and_workload_size(shape, dtype):
+    """Rows shorter than, equal to and longer than a summation block (numba_norm.BLOCK),
+    (N, C) and (N, C, 1) inputs (the loops along channels), and the first ResNet-18 stage."""
+    rng = np.random.default_rng(3)
+    c = shape[1]
+    x = rng.standard_normal(shape).astype(dtype)
+    weight, bias = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    _compare_batch_norm(x, weight, bias, rng.standard_normal(shape).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(8, 2, 6, 6), (64, 2)])
+def test_batch_norm_variance_survives_a_mean_far_from_zero(shape, dtype):
+    """One-pass statistics: with |mean| / sigma = 1e4 the unshifted formula E[x^2] - E[x]^2
+    loses every digit in float32; the shifted sums keep the reference's accuracy. The first
+    sample of channel 1 sits 30 sigma from the rest, so the shift is far from the mean there."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape) + 1e4
+    x[0, 1] += 30.0
+    x = x.astype(dtype)
+    fast, _ = numba_and_reference("batch_norm_forward")
+    ones, zeros = np.ones(2, dtype), np.zeros(2, dtype)
+    _, mean, invstd = fast(x, ones, zeros, 1e-5)
+    axes = (0,) + tuple(range(2, x.ndim))
+    exact = 1.0 / np.sqrt(x.astype(np.float64).var(axis=axes) + 1e-5)
+    np.testing.assert_allclose(invstd, exact, rtol=1e-4 if dtype == np.float32 else 1e-10)
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=axes),
+                               rtol=1e-6 if dtype == np.float32 else 1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (4, 3)])
+def test_batch_norm_nan_stays_in_its_channel(shape, dtype):
+    """A NaN makes its channel's statistics and outputs NaN, as in the reference, and leaves the
+    other channels alone (the variance clamp at 0 must not turn a NaN into 0)."""
+    x = np.random.default_rng(5).standard_normal(shape).astype(dtype)
+    x[(2, 1) + (3,) * (len(shape) - 2)] = np.nan
+    ones, zeros = np.ones(3, dtype), np.zeros(3, dtype)
+    fast, reference = numba_and_reference("batch_norm_forward")
+    for got, want in zip(fast(x, ones, zeros, 1e-5), reference(x, ones, zeros, 1e-5)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(fast(x, ones, zeros, 1e-5)[2][1])
