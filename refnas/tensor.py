@@ -20,6 +20,7 @@ gradient before it reaches an input.
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import threading
 import traceback
@@ -618,8 +619,7 @@ def _topological_order(roots: Sequence[Tensor]) -> list[Tensor]:
     return sorted(found.values(), key=_creation_number, reverse=True)
 
 
-def _creation_number(t: Tensor) -> int:
-    return t._seq
+_creation_number = operator.attrgetter("_seq")
 
 
 def _sum_to_shape(g: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -715,6 +715,7 @@ def _run_backward(roots: Sequence[Tensor], root_grads: Sequence[Any] | None, *,
     captured: dict[int, Tensor] = {}
     to_accumulate: list[tuple[Tensor, Tensor]] = []
     pending: dict[int, Tensor] = {}
+    anomaly = _mode.anomaly
     with set_grad_enabled(create_graph):
         for root, seed in zip(roots, seeds):
             _accumulate(pending, root, seed)
@@ -730,7 +731,7 @@ def _run_backward(roots: Sequence[Tensor], root_grads: Sequence[Any] | None, *,
             elif node._op is None or node._retain:
                 to_accumulate.append((node, g))
             if node._op is not None:
-                _propagate(node, g, pending)
+                _propagate(node, g, pending, anomaly)
         for node, g in to_accumulate:  # commit: the pass succeeded
             node.grad = g if node.grad is None else node.grad + g
             if not create_graph and node.grad.requires_grad:
@@ -764,26 +765,31 @@ def _accumulate(pending: dict[int, Tensor], x: Tensor, gx: Tensor) -> None:
         pending[key] = Tensor._wrap(_as_array(previous.data + gx.data))
 
 
-def _propagate(node: Tensor, g: Tensor, pending: dict[int, Tensor]) -> None:
+def _propagate(node: Tensor, g: Tensor, pending: dict[int, Tensor], anomaly: bool) -> None:
     """Ask ``node``'s op for its VJP and pass the pieces on to the inputs (summed to shape)."""
     op = node._op
     inputs = node._inputs
-    if _mode.anomaly:
+    if anomaly:
         input_grads = _vjp_under_anomaly(node, g)
+    elif op.vjp_fn is None:
+        input_grads = op.vjp(g, node, *inputs)  # raises: the op is not differentiable
+    elif node._kwargs:
+        input_grads = op.vjp_fn(g, node, *inputs, **node._kwargs)
     else:
-        input_grads = op.vjp(g, node, *inputs, **node._kwargs)
+        input_grads = op.vjp_fn(g, node, *inputs)
     if type(input_grads) is not tuple:
         input_grads = (input_grads,)
     for x, gx in zip(inputs, input_grads):
         if gx is None or not x.requires_grad:
             continue
-        if type(gx) is not Tensor:
+        if not isinstance(gx, Tensor):
             gx = Tensor._wrap(_as_array(gx))
-        if gx.data.shape != x.data.shape:
-            gx = _sum_to_shape(gx, x.data.shape)
-        if gx.data.dtype != x.data.dtype:
-            gx = gx.astype(x.data.dtype)
-        if _mode.anomaly:
+        data, target = gx.data, x.data
+        if data.shape != target.shape:
+            gx = _sum_to_shape(gx, target.shape)
+        if gx.data.dtype != target.dtype:
+            gx = gx.astype(target.dtype)
+        if anomaly:
             _check_finite(op.name, f"VJP w.r.t. an input of shape {x.shape} ({x.dtype})", gx, node)
         _accumulate(pending, x, gx)
 

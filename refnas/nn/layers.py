@@ -86,8 +86,7 @@ class Linear(Module):
         x = _tensor(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise self.shape_error(f"(..., {self.in_features})", x)
-        y = ops.matmul(x, ops.transpose(self.weight))
-        return y if self.bias is None else y + self.bias
+        return ops.linear(x, self.weight, self.bias)
 
     def flops(self, inputs: tuple, output: Any) -> int:
         rows = _elements(output) // self.out_features

@@ -1,5 +1,6 @@
-r"""Neural-network ops: convolution (:mod:`refnas.ops.conv`), pooling (:mod:`refnas.ops.pool`),
-batch normalisation (:mod:`refnas.ops.norm`), and dropout (here).
+r"""Neural-network ops: the fully connected layer's affine map (:mod:`refnas.ops.linalg`),
+convolution (:mod:`refnas.ops.conv`), pooling (:mod:`refnas.ops.pool`), batch normalisation
+(:mod:`refnas.ops.norm`), and dropout (here).
 """
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 
 from refnas.ops.conv import conv2d, conv2d_input_grad, conv2d_primitive, conv2d_weight_grad
 from refnas.ops.elementwise import _const, mul
+from refnas.ops.linalg import linear, linear_primitive
 from refnas.ops.norm import batch_norm, batch_norm_composed, batch_norm_primitive
 from refnas.ops.pool import (adaptive_avg_pool2d, adaptive_pool_matrix, avg_pool2d,
                              avg_pool2d_backward, avg_pool2d_primitive, global_avg_pool2d,
@@ -14,7 +16,8 @@ from refnas.ops.pool import (adaptive_avg_pool2d, adaptive_pool_matrix, avg_pool
 from refnas.ops.registry import OpError
 from refnas.tensor import Tensor
 
-__all__ = ["conv2d", "conv2d_primitive", "conv2d_input_grad", "conv2d_weight_grad",
+__all__ = ["linear", "linear_primitive",
+           "conv2d", "conv2d_primitive", "conv2d_input_grad", "conv2d_weight_grad",
            "max_pool2d", "max_pool2d_primitive", "max_pool2d_backward",
            "avg_pool2d", "avg_pool2d_primitive", "avg_pool2d_backward",
            "adaptive_avg_pool2d", "adaptive_pool_matrix", "global_avg_pool2d",

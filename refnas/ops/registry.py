@@ -72,8 +72,19 @@ class Primitive:
         return f"<primitive {self.name}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
-        tensors = _as_tensors(args)
-        arrays = [t.data for t in tensors]
+        # The hot path of every op: one pass over the arguments collects the arrays and whether
+        # any input requires grad; only a non-Tensor argument (a scalar) takes the slow path.
+        arrays = []
+        requires_grad = False
+        for a in args:
+            if not isinstance(a, Tensor):
+                args = _as_tensors(args)
+                arrays = [t.data for t in args]
+                requires_grad = _any_requires_grad(args)
+                break
+            arrays.append(a.data)
+            if a.requires_grad:
+                requires_grad = True
         try:
             result = self.forward(*arrays, **kwargs)
         except OpError:
@@ -86,14 +97,15 @@ class Primitive:
             result, saved = result
         if type(result) is not np.ndarray:
             result = _as_array(result)  # NumPy returns scalars for 0-d results
-        if _mode.grad_enabled and self.differentiable and _any_requires_grad(tensors):
+        mode = _mode
+        if requires_grad and mode.grad_enabled and self.differentiable:
             if saved:
                 kwargs = {**kwargs, **saved}
-            out = Tensor._from_op(result, self, tensors, kwargs)
+            out = Tensor._from_op(result, self, args, kwargs)
         else:
             out = Tensor._wrap(result)
-        if _mode.anomaly:
-            _check_forward(self, out, tensors)
+        if mode.anomaly:
+            _check_forward(self, out, args)
         return out
 
 

@@ -185,6 +185,51 @@ def test_accelerated_kernels_match_the_reference(backend, dtype):
         np.testing.assert_allclose(x, y, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("backend", [b for b in ("numba",) if b in available()])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_accelerated_adam_divides_by_zero_as_numpy_does(backend, dtype):
+    """eps = 0 and a zero second moment: 0/0 is NaN and x/0 is ±inf, as in the reference (the
+    Numba kernel must not raise ZeroDivisionError, nor check for it inside its loop)."""
+    outs = []
+    for chosen in ("numpy", backend):
+        p = np.array([1.0, 2.0, 3.0], dtype)
+        g = np.array([0.0, 0.0, 0.0], dtype)
+        m = np.array([0.0, 1.0, -1.0], dtype) / 0.1   # after the step: m = 0, 0.9·10, -0.9·10
+        v = np.zeros(3, dtype)
+        with np.errstate(all="ignore"):
+            kernel("adam_update", chosen)(p, g, m, v, 1, 1e-2, 0.9, 0.999, 0.0, 0.0, False)
+        outs.append(p)
+    np.testing.assert_array_equal(outs[1], outs[0])
+    assert np.isnan(outs[1][0]) and outs[1][1] == -np.inf and outs[1][2] == np.inf
+
+
+@pytest.mark.parametrize("backend", [b for b in ("numba",) if b in available()])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_accelerated_sgd_reads_a_non_contiguous_gradient(backend, dtype, momentum):
+    rng = np.random.default_rng(3)
+    start = rng.standard_normal((5, 7)).astype(dtype)
+    grad = np.asfortranarray(rng.standard_normal((5, 7)).astype(dtype))[:, ::2]
+    outs = []
+    for chosen in ("numpy", backend):
+        p, buf = start[:, ::2].copy(), (np.ones((5, 4), dtype) if momentum else None)
+        for first_step in (True, False):
+            kernel("sgd_update", chosen)(p, grad, buf, 0.1, momentum, 0.0, False, 0.01, first_step)
+        outs.append(p)
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-6 if dtype == np.float32 else 1e-12)
+
+
+def test_sgd_momentum_buffer_is_made_on_the_first_step_only_with_momentum():
+    p, q = _param([1.0]), _param([1.0])
+    plain, heavy = optim.SGD([p], lr=0.1), optim.SGD([q], lr=0.1, momentum=0.9)
+    for _ in range(2):
+        _step(plain, p, [1.0])
+        _step(heavy, q, [1.0])
+    assert "momentum_buffer" not in plain.state[id(p)]
+    np.testing.assert_allclose(heavy.state[id(q)]["momentum_buffer"], [1.9])
+    np.testing.assert_allclose(q.data, [1.0 - 0.1 - 0.19])
+
+
 # --------------------------------------------------------------------------------------------
 # Schedules
 # --------------------------------------------------------------------------------------------
