@@ -37,11 +37,12 @@ def _conv_case(data):
 def _conv_strategy(data) -> ExitStack:
     """Patch the Numba convolution's layout choices to drawn values, so that every path runs on
     small inputs: per-sample or side-by-side ("wide") products, one or many chunks of samples,
-    serial or parallel packing."""
+    serial or parallel packing, shifted copies or gather tables for "same" convolutions."""
     from refnas.kernels import numba_conv
     stack = ExitStack()
     for name, values in [("WIDE_BELOW", [0, 10**9]), ("CHUNK_BYTES", [1, 1 << 23]),
-                         ("PARALLEL_PACK_MIN_SIZE", [0, 1 << 22])]:
+                         ("PARALLEL_PACK_MIN_SIZE", [0, 1 << 22]),
+                         ("GATHER_BELOW", [0, 10**9])]:
         stack.enter_context(mock.patch.object(numba_conv, name,
                                               data.draw(st.sampled_from(values), label=name)))
     return stack
