@@ -4,7 +4,8 @@ Measures, in one run on this machine:
 
 1. **workloads** — ms per SGD-momentum training step (forward, cross-entropy, backward,
    update) of MLP-S, MLP-M, CNN-S and ResNet-18 (width 16) on each refnas backend and on
-   PyTorch CPU (``torch.set_num_threads(2)``, when installed), each in a process of its own;
+   PyTorch CPU (``torch.set_num_threads(2)``, when installed), each in a process of its own,
+   the contenders taking turns over several rounds (median of the rounds);
    with the share of each refnas step spent inside kernels (the rest is the autograd core
    and NumPy ops);
 2. **kernels** — GFLOP/s of conv2d forward / input-gradient / weight-gradient on every
@@ -38,12 +39,22 @@ from benchmarks.workloads import WORKLOADS  # noqa: E402
 _REPEATS = {"mlp-s": (200, 40), "mlp-m": (100, 20), "cnn-s": (30, 8), "resnet18": (10, 3)}
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (under 2 minutes)")
     parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="write the markdown tables")
     parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS),
                         default=list(WORKLOADS), help="workloads to run (default: all)")
+    parser.add_argument("--rounds", type=_positive_int, default=None,
+                        help="processes per contender and workload, taking turns; the median "
+                             "is reported (default 3, --quick 1)")
     parser.add_argument("--no-kernels", action="store_true", help="skip the microbenchmarks")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile timing")
     parser.add_argument("--torch-threads", type=int, default=2,
@@ -54,23 +65,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "core each, which stays fair on a machine busy with other work")
 
 
-def _workloads(names: list[str], quick: bool, threads: int | None,
-               torch_threads: int) -> dict[str, Any]:
-    """Each contender in its own process, one after the other: thread pools of different
-    frameworks in one process (PyTorch's OpenMP workers, BLAS's, Numba's) spin and wait on each
-    other on two cores, which slowed PyTorch's steps by 2-5x when interleaved with refnas's."""
+def _workloads(names: list[str], quick: bool, threads: int | None, torch_threads: int,
+               rounds: int) -> dict[str, Any]:
+    """Each contender of each workload in a process of its own, ``rounds`` times, the contenders
+    taking turns (numpy, numba, torch, numpy, ...); the figure is the median over the rounds of
+    each process's median step time.
+
+    Separate processes: the thread pools of different frameworks in one process (PyTorch's
+    OpenMP workers, BLAS's, Numba's) spin and wait on each other on two cores, which slowed
+    PyTorch's steps by 2-5x when interleaved with refnas's. Rounds: on this shared machine one
+    process could run 20-30% slower than the next for reasons outside it, which a single
+    process per contender turned into a spurious ratio."""
+    import statistics
     results: dict[str, Any] = {}
     contenders = [b for b in ("numpy", "numba") if b in backend.available()] + ["torch"]
     for name in names:
         repeats = _REPEATS[name][1 if quick else 0]
-        entry: dict[str, Any] = {}
-        for contender in contenders:
-            measured = _child_measure(name, contender, repeats, 15.0 if quick else 90.0,
-                                      threads, torch_threads)
-            entry[f"{contender}_ms"] = measured.pop("ms")
-            if measured.get("kernel_share") is not None:
-                entry.setdefault("kernel_share", {})[contender] = {
-                    "fraction": measured["kernel_share"], "top_ms": measured["top_kernels_ms"]}
+        # every contender's key is present, null when it could not run (no Numba, no torch)
+        entry: dict[str, Any] = {"numpy_ms": None, "numba_ms": None, "torch_ms": None}
+        rounds_ms: dict[str, list[float]] = {contender: [] for contender in contenders}
+        for _ in range(rounds):
+            for contender in contenders:
+                measured = _child_measure(name, contender, repeats,
+                                          (15.0 if quick else 90.0) / rounds, threads,
+                                          torch_threads)
+                if measured.get("ms") is not None:
+                    rounds_ms[contender].append(measured["ms"])
+                if measured.get("kernel_share") is not None:
+                    entry.setdefault("kernel_share", {})[contender] = {
+                        "fraction": measured["kernel_share"],
+                        "top_ms": measured["top_kernels_ms"]}
+        for contender, values in rounds_ms.items():
+            if values:
+                entry[f"{contender}_ms"] = statistics.median(values)
+                entry.setdefault("ms_per_round", {})[contender] = values
         results[name] = entry
         print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in entry.items()
                                           if k.endswith("_ms") and v is not None), flush=True)
@@ -131,14 +159,16 @@ def markdown(results: dict[str, Any], command: str) -> str:
     kernels = results.get("kernels")
     if kernels:
         lines += ["", "| conv2d shape (fwd + input grad + weight grad) | numpy GFLOP/s | "
-                  "numba GFLOP/s | numba / matmul |", "|---|---:|---:|---:|"]
+                  "numba GFLOP/s | PyTorch GFLOP/s | numba / matmul | PyTorch / matmul |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for name, entry in kernels["conv2d"].items():
-            numpy_rate = entry.get("numpy", {}).get("gflops", {}).get("forward_backward")
-            numba = entry.get("numba", {})
-            rate = numba.get("gflops", {}).get("forward_backward")
-            fraction = numba.get("fraction_of_matmul")
-            lines.append(f"| {name.removeprefix('conv2d ')} | {_number(numpy_rate, '.1f')} | "
-                         f"{_number(rate, '.1f')} | {_number(fraction, '.0%')} |")
+            rates = [(entry.get(who) or {}).get("gflops", {}).get("forward_backward")
+                     for who in ("numpy", "numba", "torch")]
+            fractions = [(entry.get(who) or {}).get("fraction_of_matmul")
+                         for who in ("numba", "torch")]
+            lines.append(f"| {name.removeprefix('conv2d ')} | "
+                         + " | ".join(_number(rate, ".1f") for rate in rates) + " | "
+                         + " | ".join(_number(f, ".0%") for f in fractions) + " |")
         lines += ["", "| memory-bound kernel | numpy GB/s | numba GB/s |", "|---|---:|---:|"]
         for name, entry in kernels["memory"].items():
             lines.append(f"| {name} | {_number(entry['numpy']['gbs'], '.1f')} | "
@@ -167,10 +197,12 @@ def run(args: argparse.Namespace) -> int:
                                "torch_threads": args.torch_threads}
     results["matmul_gflops"] = matmul_gflops()
     print(f"NumPy float32 matmul: {results['matmul_gflops']:.1f} GFLOP/s", flush=True)
-    results["workloads"] = _workloads(args.workloads, args.quick, args.threads, args.torch_threads)
+    results["workloads"] = _workloads(args.workloads, args.quick, args.threads, args.torch_threads,
+                                      args.rounds or (1 if args.quick else 3))
     if not args.no_kernels:
         from benchmarks.kernel_bench import run_kernels
-        results["kernels"] = run_kernels(results["matmul_gflops"], 5 if args.quick else 20)
+        results["kernels"] = run_kernels(results["matmul_gflops"], 5 if args.quick else 20,
+                                         args.torch_threads)
     if not args.no_compile and "numba" in backend.available():
         from benchmarks.compile_time import run_compile
         results["compile"] = run_compile(float64=not args.quick)

@@ -7,6 +7,10 @@ rate is also given as a fraction of NumPy's float32 matmul GFLOP/s measured in t
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -58,14 +62,60 @@ def _conv_case(shape: dict[str, Any], backend: str, rng) -> tuple[dict[str, Call
     return calls, _conv_flops(x.shape, w.shape, y.shape[2:])
 
 
-def conv_benchmarks(backends: list[str], matmul: float, repeats: int) -> dict[str, Any]:
-    """GFLOP/s of conv2d forward, input and weight gradient, and of all three together."""
+def _conv_name(workload: str, shape: dict[str, Any]) -> str:
+    return (f"conv2d {workload} x{list(shape['x'])} w{list(shape['w'])} "
+            f"s{shape['stride'][0]} p{shape['padding'][0]}")
+
+
+def torch_conv_seconds(repeats: int, threads: int) -> dict[str, float] | None:
+    """Median seconds of PyTorch's conv2d forward + backward (input and weight gradients) on the
+    same shapes, or None without torch. Run in a process of its own (see
+    ``python -m benchmarks.kernel_bench``): PyTorch's OpenMP threads and BLAS's spin against
+    each other when both live in one process on two cores."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    results: dict[str, Any] = {}
+    calls: dict[str, Callable] = {}
     for workload in ("cnn-s", "resnet18"):
         for shape in conv_shapes(workload):
-            name = (f"conv2d {workload} x{list(shape['x'])} w{list(shape['w'])} "
-                    f"s{shape['stride'][0]} p{shape['padding'][0]}")
+            x = torch.from_numpy(rng.standard_normal(shape["x"]).astype(np.float32))
+            w = torch.from_numpy(rng.standard_normal(shape["w"]).astype(np.float32))
+            x.requires_grad_(True)
+            w.requires_grad_(True)
+            with torch.no_grad():
+                gy = torch.randn_like(torch.nn.functional.conv2d(
+                    x, w, stride=shape["stride"], padding=shape["padding"]))
+
+            def step(x=x, w=w, gy=gy, shape=shape):
+                torch.nn.functional.conv2d(x, w, stride=shape["stride"],
+                                           padding=shape["padding"]).backward(gy)
+            calls[_conv_name(workload, shape)] = step
+    return {name: interleaved_medians({name: call}, repeats)[name]
+            for name, call in calls.items()}
+
+
+def _torch_conv_child(repeats: int, threads: int) -> dict[str, float] | None:
+    command = [sys.executable, "-m", "benchmarks.kernel_bench", str(repeats), str(threads)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=1800)
+    if result.returncode != 0:
+        raise RuntimeError(f"PyTorch convolution benchmark failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def conv_benchmarks(backends: list[str], matmul: float, repeats: int,
+                    torch_threads: int = 2) -> dict[str, Any]:
+    """GFLOP/s of conv2d forward, input and weight gradient, and of all three together; and of
+    PyTorch's forward + backward on the same shapes (null without torch)."""
+    rng = np.random.default_rng(0)
+    results: dict[str, Any] = {}
+    torch_seconds = _torch_conv_child(repeats, torch_threads) or {}
+    for workload in ("cnn-s", "resnet18"):
+        for shape in conv_shapes(workload):
+            name = _conv_name(workload, shape)
             entry: dict[str, Any] = {"count_in_model": shape["count"]}
             for backend in backends:
                 calls, flops = _conv_case(shape, backend, rng)
@@ -76,6 +126,12 @@ def conv_benchmarks(backends: list[str], matmul: float, repeats: int) -> dict[st
                 entry[backend] = {"gflops": rates,
                                   "fraction_of_matmul": rates["forward_backward"] / matmul,
                                   "ms": {part: s * 1e3 for part, s in seconds.items()}}
+            seconds = torch_seconds.get(name)
+            _, flops = _conv_case(shape, "numpy", rng) if seconds else (None, 0)
+            entry["torch"] = None if not seconds else {
+                "gflops": {"forward_backward": 3 * flops / seconds / 1e9},
+                "fraction_of_matmul": 3 * flops / seconds / 1e9 / matmul,
+                "ms": {"forward_backward": seconds * 1e3}}
             results[name] = entry
     return results
 
@@ -131,7 +187,11 @@ def memory_benchmarks(backends: list[str], matmul: float, repeats: int) -> dict[
     return results
 
 
-def run_kernels(matmul: float, repeats: int) -> dict[str, Any]:
+def run_kernels(matmul: float, repeats: int, torch_threads: int = 2) -> dict[str, Any]:
     backends = [b for b in ("numpy", "numba") if b in available()]
-    return {"conv2d": conv_benchmarks(backends, matmul, repeats),
+    return {"conv2d": conv_benchmarks(backends, matmul, repeats, torch_threads),
             "memory": memory_benchmarks(backends, matmul, repeats)}
+
+
+if __name__ == "__main__":   # python -m benchmarks.kernel_bench REPEATS TORCH_THREADS
+    print(json.dumps(torch_conv_seconds(int(sys.argv[1]), int(sys.argv[2]))))
