@@ -198,7 +198,8 @@ def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
                       f"{momentum}, eps={eps}")
     if training:
         y = batch_norm_primitive(x, weight, bias, eps=float(eps))
-        _update_running_stats(x.data, _buffer(running_mean), _buffer(running_var), momentum)
+        _update_running_stats(x.data, _buffer(running_mean), _buffer(running_var), momentum,
+                              _saved_statistics(y), float(eps))
         return y
     if running_mean is None or running_var is None:
         raise OpError("batch_norm: evaluation mode (training=False) needs running_mean and "
@@ -206,19 +207,37 @@ def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
     return _eval_affine(x, weight, bias, _buffer(running_mean), _buffer(running_var), eps)
 
 
-def _update_running_stats(x, running_mean, running_var, momentum: float) -> None:
-    """In-place exponential moving averages of the batch mean and unbiased variance.
+def _saved_statistics(y: Tensor):
+    """The batch (mean, invstd) the fused primitive saved for its VJP, when the graph was
+    recorded (else None: under ``no_grad`` nothing is saved)."""
+    saved = y._kwargs if y._op is not None else None
+    return (saved["mean"], saved["invstd"]) if saved and "invstd" in saved else None
 
-    Recomputed from x rather than taken from the fused kernel: the primitive hands its saved
-    statistics only to its VJP, and this pass is cheap next to the normalisation itself.
+
+def _update_running_stats(x, running_mean, running_var, momentum: float, statistics=None,
+                          eps: float = 0.0) -> None:
+    r"""In-place exponential moving averages of the batch mean and *unbiased* variance.
+
+    With the primitive's saved statistics, the variance is read back from
+    :math:`r = (\sigma^2 + \varepsilon)^{-1/2}` as :math:`\sigma^2 = r^{-2} - \varepsilon`
+    (in float64), scaled by :math:`m / (m - 1)` for m values per channel: no second pass over x
+    (which cost more than the fused normalisation itself: 7.7 ms per ResNet-18-w16 step).
+    Without them, both statistics are recomputed from x.
     """
     axes = _axes(x.ndim)
+    if statistics is None:
+        batch_mean, unbiased_var = x.mean(axis=axes), x.var(axis=axes, ddof=1)
+    else:
+        mu, invstd = statistics
+        m = x.size // x.shape[1]                     # >= 2, checked for training
+        invstd = invstd.astype(np.float64)             # NumPy or CuPy, as x
+        batch_mean, unbiased_var = mu, (1.0 / (invstd * invstd) - eps) * (m / (m - 1))
     if running_mean is not None:
         running_mean *= 1.0 - momentum
-        running_mean += momentum * x.mean(axis=axes)
+        running_mean += momentum * batch_mean
     if running_var is not None:
         running_var *= 1.0 - momentum
-        running_var += momentum * x.var(axis=axes, ddof=1)
+        running_var += momentum * unbiased_var
 
 
 def _eval_affine(x: Tensor, weight: Tensor, bias: Tensor, running_mean, running_var,

@@ -141,3 +141,21 @@ def test_batch_norm_errors_change_no_state(kwargs, words):
     for word in ["batch_norm"] + words:
         assert word in str(info.value)
     np.testing.assert_array_equal(running_var, np.ones(3))
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+@pytest.mark.parametrize("record", [True, False])
+def test_running_stats_equal_with_and_without_a_recorded_graph(dtype, rtol, record):
+    """With a recorded graph the running variance is read back from the primitive's saved
+    1/sqrt(var + eps); without one it is recomputed from x. Both give the published update."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((6, 3, 5, 4)) * [[[[0.01]], [[1.0]], [[300.0]]]] + 2.0).astype(dtype)
+    rm, rv = np.zeros(3, dtype), np.ones(3, dtype)
+    weight = rn.tensor(np.ones(3, dtype), requires_grad=record)
+    with rn.enable_grad() if record else rn.no_grad():
+        y = ops.batch_norm(rn.Tensor(x), weight=weight, running_mean=rm, running_var=rv,
+                           momentum=0.25)
+    assert (y._op is not None) == record
+    values = x.astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1)
+    np.testing.assert_allclose(rm, 0.25 * values.mean(axis=1), rtol=rtol)
+    np.testing.assert_allclose(rv, 0.75 + 0.25 * values.var(axis=1, ddof=1), rtol=rtol)
