@@ -62,6 +62,21 @@ def _shifted_sums(x, shift, total, squares):
                 squares[ch] += q
 
 
+@njit(cache=True)
+def _statistics(total, squares, count, shift, weight, eps, mean, invstd, scale):
+    r"""mean, invstd and weight*invstd per channel from the sums of x - K and (x - K)^2 over
+    ``count`` values (K = ``shift``): :math:`\mu = K + \bar d`,
+    :math:`\sigma^2 = \overline{d^2} - \bar d^2`."""
+    for ch in range(mean.size):
+        offset = total[ch] / count
+        variance = squares[ch] / count - offset * offset
+        if variance < 0.0:                 # rounding; a NaN stays NaN
+            variance = 0.0
+        r = 1.0 / math.sqrt(variance + eps)
+        mean[ch], invstd[ch] = shift[ch] + offset, r
+        scale[ch] = weight[ch] * r
+
+
 @njit(cache=True, fastmath=_FASTMATH)
 def _forward(x, weight, bias, eps, y, mean, invstd, shift, scale):
     n, c, s = x.shape
@@ -73,14 +88,7 @@ def _forward(x, weight, bias, eps, y, mean, invstd, shift, scale):
         shift[ch] = first / s
     total, squares = np.empty(c), np.empty(c)
     _shifted_sums(x, shift, total, squares)
-    for ch in range(c):
-        offset = total[ch] / count
-        variance = squares[ch] / count - offset * offset
-        if variance < 0.0:                 # rounding; a NaN stays NaN
-            variance = 0.0
-        r = 1.0 / math.sqrt(variance + eps)
-        mean[ch], invstd[ch] = shift[ch] + offset, r
-        scale[ch] = weight[ch] * r
+    _statistics(total, squares, count, shift, weight, eps, mean, invstd, scale)
     for i in range(n):
         for ch in range(c):
             row, out = x[i, ch], y[i, ch]
@@ -145,14 +153,7 @@ def _forward_2d(x, weight, bias, eps, y, mean, invstd, scale):
             d = np.float64(row[ch] - shift[ch])
             total[ch] += d
             squares[ch] += d * d
-    for ch in range(c):
-        offset = total[ch] / n
-        variance = squares[ch] / n - offset * offset
-        if variance < 0.0:                 # rounding; a NaN stays NaN
-            variance = 0.0
-        r = 1.0 / math.sqrt(variance + eps)
-        mean[ch], invstd[ch] = shift[ch] + offset, r
-        scale[ch] = weight[ch] * r
+    _statistics(total, squares, n, shift, weight, eps, mean, invstd, scale)
     for i in range(n):
         row, out = x[i], y[i]
         for ch in range(c):
