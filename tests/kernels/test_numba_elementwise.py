@@ -1,5 +1,7 @@
 """Numba activation, softmax-cross-entropy, optimizer and Taylor-importance kernels equal their
-NumPy references, on small inputs and on inputs large enough to take the parallel path."""
+NumPy references, on small inputs and on inputs past PARALLEL_MIN_SIZE (where GELU and
+softmax-cross-entropy take their parallel path; relu and the optimizer updates always run on one
+thread, so for them the large inputs check the long vectorised loops)."""
 from __future__ import annotations
 
 import copy
@@ -19,7 +21,7 @@ DTYPES = st.sampled_from([np.float32, np.float64])
 
 
 def _shape(data) -> tuple:
-    """A small odd shape, or (rarely) one past the parallel threshold."""
+    """A small odd shape, or (rarely) one past PARALLEL_MIN_SIZE."""
     if data.draw(st.integers(0, 3), label="large") == 0:
         return (3, PARALLEL_MIN_SIZE // 3 + data.draw(st.integers(1, 99)))
     return tuple(data.draw(st.lists(st.integers(1, 7), min_size=1, max_size=4), label="shape"))
