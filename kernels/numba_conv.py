@@ -348,32 +348,39 @@ def _scratch(size: int, dtype) -> np.ndarray:
     return buffer[:size]
 
 
-def _supported(a, b, *args, **kwargs) -> bool:
-    return same_float_dtype(a, b) and a.ndim == 4 and b.ndim == 4
+def _supported(a, b, *args, bias=None, **kwargs) -> bool:
+    return same_float_dtype(a, b, bias) and a.ndim == 4 and b.ndim == 4
 
 
 # --------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------
 @register_kernel("conv2d_forward", "numba", supports=_supported)
-def conv2d_forward(x, w, stride, padding, dilation, groups):
-    """y (N, O, OH, OW) = per group W_g @ im2col(x)_g, one sgemm per sample (Numba + BLAS)."""
+def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None):
+    """y (N, O, OH, OW) = per group W_g @ im2col(x)_g (+ bias), one sgemm per sample or per
+    chunk (Numba + BLAS); the bias is added as the product is written out."""
     x, w = contiguous(x), contiguous(w)
     geometry = _Geometry(x.shape, w.shape, stride, padding, dilation, groups)
     n, o, g = x.shape[0], w.shape[0], geometry.groups
     y = np.empty((n, o, *geometry.out_hw), x.dtype)
     y_groups = y.reshape(n, g, o // g, geometry.length)
     w_mat = w.reshape(g, o // g, -1)                                     # (G, O/G, K/G)
+    bias_groups = None if bias is None else bias.reshape(1, g, o // g, 1)
     buffer = geometry.buffer(x.dtype)
     for chunk in geometry.chunks(x.itemsize):
         cols = geometry.pack(x[chunk], geometry.wide, buffer)
         if geometry.wide:                                                # (G, O/G, n*L)
             y_wide = np.matmul(w_mat, cols.reshape(g, -1, cols.shape[1]))
-            y_groups[chunk] = y_wide.reshape(g, o // g, -1, geometry.length).transpose(
-                2, 0, 1, 3)
+            y_wide = y_wide.reshape(g, o // g, -1, geometry.length).transpose(2, 0, 1, 3)
+            if bias is None:
+                y_groups[chunk] = y_wide
+            else:                                                        # in the same pass
+                np.add(y_wide, bias_groups, out=y_groups[chunk])
         else:                                                            # (n, G, O/G, L)
             np.matmul(w_mat, cols.reshape(cols.shape[0], g, -1, geometry.length),
                       out=y_groups[chunk])
+            if bias is not None:                 # while the chunk's output is still in cache
+                y_groups[chunk] += bias_groups
     return y
 
 

@@ -28,9 +28,8 @@ import numpy as np
 
 from refnas.backend import kernel, register_kernel
 from refnas.ops import sampling as S
-from refnas.ops.elementwise import add
+from refnas.ops.reduce import sum as sum_op
 from refnas.ops.registry import OpError, primitive
-from refnas.ops.shape import reshape
 from refnas.tensor import Tensor, _array_module, describe
 
 Pair = tuple[int, int]
@@ -154,16 +153,20 @@ def _by_group(a, groups):
 
 
 @register_kernel("conv2d_forward")
-def conv2d_forward_reference(x, w, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+def conv2d_forward_reference(x, w, stride: Pair, padding: Pair, dilation: Pair, groups: int,
+                             bias=None):
     r""":math:`Y_g = \operatorname{cols}_g(x)\, W_g^\top` per group g, i.e.
-    :math:`y_{n,o,i,j} = \sum_{c,p,q} w_{o,c,p,q}\, x_{n,g(o)C/G+c,\,i s_h+p d_h-\pi_h,\,
-    j s_w+q d_w-\pi_w}` (NumPy reference kernel)."""
+    :math:`y_{n,o,i,j} = b_o + \sum_{c,p,q} w_{o,c,p,q}\, x_{n,g(o)C/G+c,\,i s_h+p d_h-\pi_h,\,
+    j s_w+q d_w-\pi_w}` (:math:`b = 0` without a bias) (NumPy reference kernel)."""
     n, o = x.shape[0], w.shape[0]
     cols, (oh, ow) = _columns(x, w.shape[2:], stride, padding, dilation, groups)
     w_mat = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)     # (G, C/G*KH*KW, O/G)
     y = cols @ w_mat                                                   # (G, N*OH*OW, O/G)
     y = y.reshape(groups, n, oh, ow, o // groups).transpose(1, 0, 4, 2, 3)
-    return _array_module(x).ascontiguousarray(y.reshape(n, o, oh, ow))
+    y = _array_module(x).ascontiguousarray(y.reshape(n, o, oh, ow))
+    if bias is not None:
+        y += bias.reshape(1, o, 1, 1)
+    return y
 
 
 @register_kernel("conv2d_weight_grad")
@@ -252,28 +255,43 @@ def _sample_geometry(draw) -> tuple[tuple, tuple, dict]:
 
 def _sample_conv(draw):
     x_shape, w_shape, geometry = _sample_geometry(draw)
-    return (S.array(draw, x_shape), S.array(draw, w_shape)), geometry
+    operands = (S.array(draw, x_shape), S.array(draw, w_shape))
+    if draw.choice([False, True]):                                     # with a bias
+        operands += (S.array(draw, (w_shape[0],)),)
+    return operands, geometry
 
 
 @primitive(name="conv2d", sample=_sample_conv)
-def conv2d_primitive(x, w, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-    r"""2-D cross-correlation without bias (see the module docstring for the formula).
+def conv2d_primitive(x, w, b=None, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                     groups=1):
+    r"""2-D cross-correlation, with the bias b (O,) added when given (see the module docstring
+    for the formula). The kernel adds the bias while it writes the output, so a biased
+    convolution makes no second pass over it.
 
     VJP: :math:`\bar x = ` :func:`conv2d_input_grad` :math:`(\bar y, w)`,
-    :math:`\bar w = ` :func:`conv2d_weight_grad` :math:`(x, \bar y)`.
+    :math:`\bar w = ` :func:`conv2d_weight_grad` :math:`(x, \bar y)`,
+    :math:`\bar b_o = \sum_{n,i,j} \bar y_{n,o,i,j}`.
     """
     geometry = _geometry("conv2d", stride, padding, dilation, groups)
     check_4d("conv2d", "input", x)
-    _check_conv("conv2d", x.shape, w.shape, geometry, (x, w))
-    return kernel("conv2d_forward")(x, w, *_pairs(geometry))
+    operands = (x, w) if b is None else (x, w, b)
+    _check_conv("conv2d", x.shape, w.shape, geometry, operands)
+    if b is None:
+        return kernel("conv2d_forward")(x, w, *_pairs(geometry))
+    if tuple(b.shape) != (w.shape[0],):
+        raise OpError(f"conv2d: bias must have shape ({w.shape[0]},) for a weight of shape "
+                      f"{tuple(w.shape)}, got {describe([b])}")
+    return kernel("conv2d_forward")(x, w, *_pairs(geometry), bias=b)
 
 
 @conv2d_primitive.defvjp
-def conv2d_vjp(g, out, x, w, *, stride, padding, dilation, groups):
+def conv2d_vjp(g, out, x, w, b=None, *, stride, padding, dilation, groups):
     geometry = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
     gx = conv2d_input_grad(g, w, input_shape=x.shape, **geometry) if x.requires_grad else None
     gw = conv2d_weight_grad(x, g, weight_shape=w.shape, **geometry) if w.requires_grad else None
-    return gx, gw
+    if b is None:
+        return gx, gw
+    return gx, gw, (sum_op(g, axis=(0, 2, 3)) if b.requires_grad else None)
 
 
 def _sample_input_grad(draw):
@@ -361,11 +379,6 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | 
     bias (O,). ``groups == C`` is a depthwise convolution. Sizes are ints or (h, w) pairs.
     """
     geometry = _geometry("conv2d", stride, padding, dilation, groups)
-    y = conv2d_primitive(x, weight, **geometry)
     if bias is None:
-        return y
-    o = y.shape[1]
-    if tuple(getattr(bias, "shape", ())) != (o,):
-        raise OpError(f"conv2d: bias must have shape ({o},) for a weight of shape "
-                      f"{tuple(weight.shape)}, got {describe([bias])}")
-    return add(y, reshape(bias, shape=(1, o, 1, 1)))
+        return conv2d_primitive(x, weight, **geometry)
+    return conv2d_primitive(x, weight, bias, **geometry)

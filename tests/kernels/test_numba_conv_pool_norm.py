@@ -59,15 +59,17 @@ def _check_conv(data, dtype):
     geometry = (stride, padding, dilation, groups)
     x, w = normal(data, x_shape, dtype), normal(data, w_shape, dtype)
     gy = normal(data, (x_shape[0], w_shape[0], *out_hw), dtype)
-    _compare_conv(x, w, gy, geometry)
+    bias = normal(data, (w_shape[0],), dtype) if data.draw(st.booleans(), label="bias") else None
+    _compare_conv(x, w, gy, geometry, bias)
 
 
-def _compare_conv(x, w, gy, geometry):
-    """Forward, input gradient and weight gradient of the two backends agree, within a bound
-    from the same kernel on absolute values."""
+def _compare_conv(x, w, gy, geometry, bias=None):
+    """Forward (with the bias, when given), input gradient and weight gradient of the two
+    backends agree, within a bound from the same kernel on absolute values."""
     fast, reference = numba_and_reference("conv2d_forward")
-    assert_close(fast(x, w, *geometry), reference(x, w, *geometry),
-                 bound=reference(np.abs(x), np.abs(w), *geometry))
+    magnitude = None if bias is None else np.abs(bias)
+    assert_close(fast(x, w, *geometry, bias=bias), reference(x, w, *geometry, bias=bias),
+                 bound=reference(np.abs(x), np.abs(w), *geometry, bias=magnitude))
     fast, reference = numba_and_reference("conv2d_input_grad")
     assert_close(fast(gy, w, x.shape, *geometry), reference(gy, w, x.shape, *geometry),
                  bound=reference(np.abs(gy), np.abs(w), x.shape, *geometry))
@@ -87,7 +89,8 @@ def test_conv2d_pointwise_and_workload_shapes(dtype):
         x = rng.standard_normal(x_shape).astype(dtype)
         w = rng.standard_normal(w_shape).astype(dtype)
         y = numba_and_reference("conv2d_forward")[1](x, w, *geometry)
-        _compare_conv(x, w, rng.standard_normal(y.shape).astype(dtype), geometry)
+        bias = rng.standard_normal(w_shape[0]).astype(dtype)
+        _compare_conv(x, w, rng.standard_normal(y.shape).astype(dtype), geometry, bias)
 
 
 def _pool_case(data):

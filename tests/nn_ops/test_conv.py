@@ -191,3 +191,20 @@ def test_gradient_primitives_check_the_output_gradient_shape():
     with pytest.raises(rn.OpError, match="conv2d_weight_grad"):
         ops.conv2d_weight_grad(rn.Tensor(np.zeros((1, 1, 4, 4))), rn.Tensor(np.zeros((1, 2, 1, 1))),
                                weight_shape=(2, 1, 3, 3))
+
+
+def test_conv2d_with_bias_is_one_node_equal_to_the_unbiased_conv_plus_bias():
+    """The bias is an operand of the conv2d primitive (added by the kernel as it writes the
+    output); value and all three gradients equal conv2d without bias followed by an add."""
+    rng = np.random.default_rng(11)
+    x = rn.Tensor(rng.standard_normal((2, 3, 6, 5)), requires_grad=True)
+    w = rn.Tensor(rng.standard_normal((4, 3, 3, 3)), requires_grad=True)
+    b = rn.Tensor(rng.standard_normal(4), requires_grad=True)
+    y = ops.conv2d(x, w, b, stride=(2, 1), padding=1)
+    assert y._op is not None and y._op.name == "conv2d" and len(y._inputs) == 3
+    g = rng.standard_normal(y.shape)
+    fused = rn.grad((y * rn.Tensor(g)).sum(), [x, w, b])
+    plain = ops.conv2d(x, w, stride=(2, 1), padding=1) + ops.reshape(b, shape=(1, 4, 1, 1))
+    np.testing.assert_allclose(y.data, plain.data, rtol=1e-12, atol=1e-12)
+    for ours, theirs in zip(fused, rn.grad((plain * rn.Tensor(g)).sum(), [x, w, b])):
+        np.testing.assert_allclose(ours.data, theirs.data, rtol=1e-12, atol=1e-12)
