@@ -8,7 +8,8 @@ or over ``prange`` for very large samples; see PARALLEL_PACK_MIN_SIZE):
   with one row per (channel, kernel offset) :math:`k = (c, p, q)` and one column per output
   position :math:`l = (i, j)`:
   :math:`X_{k,l} = x_{c,\, i s_h + p d_h - \pi_h,\, j s_w + q d_w - \pi_w}` (zero outside);
-* forward: :math:`Y_g = W_g X_g` per group g, one product per sample;
+* forward: :math:`Y_g = W_g X_g` per group g (plus the bias, added while the product is
+  written out), one product per sample, or per chunk of samples for small maps;
 * weight gradient: :math:`\bar W_g = \bar Y_g X_g^\top`, summed over samples inside one product
   by laying the columns of all samples side by side (the "wide" layout, K x N*L);
 * input gradient: :math:`\bar X_g = W_g^\top \bar Y_g`, then **col2im** adds each column entry
