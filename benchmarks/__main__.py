@@ -132,6 +132,17 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a is not None and b else "—"
 
 
+def _round_ratios(per_round: dict[str, list[float]]) -> str:
+    """numba / torch of each round (the contenders of a round ran one after the other), as
+    "lowest–highest": how far from the median ratio a single run could land."""
+    numba, torch = per_round.get("numba", []), per_round.get("torch", [])
+    ratios = [a / b for a, b in zip(numba, torch) if b]
+    if not ratios:
+        return "—"
+    low, high = min(ratios), max(ratios)
+    return f"{low:.2f}" if len(ratios) == 1 else f"{low:.2f}–{high:.2f}"
+
+
 def _ms(value: float | None) -> str:
     return _number(value, ".3f")
 
@@ -148,12 +159,13 @@ def markdown(results: dict[str, Any], command: str) -> str:
              f"{results['matmul_gflops']:.0f} GFLOP/s at the start of the run, "
              f"{results['matmul_gflops_end']:.0f} at its end).", "",
              "| workload | refnas-numpy ms | refnas-numba ms | PyTorch CPU ms | numba / torch "
-             "| numpy / torch | time in kernels (numba) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| numba / torch, each round | numpy / torch | time in kernels (numba) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, w in results["workloads"].items():
         share = w.get("kernel_share", {}).get("numba", {}).get("fraction")
         lines.append(f"| {name} | {_ms(w['numpy_ms'])} | {_ms(w['numba_ms'])} | "
                      f"{_ms(w['torch_ms'])} | {_ratio(w['numba_ms'], w['torch_ms'])} | "
+                     f"{_round_ratios(w.get('ms_per_round', {}))} | "
                      f"{_ratio(w['numpy_ms'], w['torch_ms'])} | "
                      f"{_number(share, '.0%')} |")
     kernels = results.get("kernels")

@@ -14,13 +14,16 @@ def test_table_without_numba_or_torch_shows_dashes():
     table = markdown(_results({"mlp-s": {"numpy_ms": 0.9, "numba_ms": None, "torch_ms": None}}),
                      "python -m benchmarks")
     row = next(line for line in table.splitlines() if line.startswith("| mlp-s"))
-    assert row.split("|")[1:-1] == [" mlp-s ", " 0.900 ", " — ", " — ", " — ", " — ", " — "]
+    assert row.split("|")[1:-1] == [" mlp-s ", " 0.900 ", " — ", " — ", " — ", " — ", " — ",
+                                    " — "]
 
 
 def test_table_ratios_are_the_measured_quotients():
     table = markdown(_results({"cnn-s": {
         "numpy_ms": 30.0, "numba_ms": 9.0, "torch_ms": 12.0,
+        "ms_per_round": {"numba": [9.0, 8.0, 11.0], "torch": [12.0, 10.0, 10.0]},
         "kernel_share": {"numba": {"fraction": 0.8, "top_ms": {}}}}}), "python -m benchmarks")
     row = next(line for line in table.splitlines() if line.startswith("| cnn-s"))
     cells = [cell.strip() for cell in row.split("|")[1:-1]]
-    assert cells[4:] == [f"{9.0 / 12.0:.2f}", f"{30.0 / 12.0:.2f}", "80%"]
+    assert cells[4:] == [f"{9.0 / 12.0:.2f}", f"{9.0 / 12.0:.2f}–{11.0 / 10.0:.2f}",
+                         f"{30.0 / 12.0:.2f}", "80%"]
