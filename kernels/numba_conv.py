@@ -357,9 +357,14 @@ def _supported(a, b, *args, bias=None, **kwargs) -> bool:
 # Kernels
 # --------------------------------------------------------------------------------------------
 @register_kernel("conv2d_forward", "numba", supports=_supported)
-def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None):
+def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None, keep_columns=False):
     """y (N, O, OH, OW) = per group W_g @ im2col(x)_g (+ bias), one sgemm per sample or per
-    chunk (Numba + BLAS); the bias is added as the product is written out."""
+    chunk (Numba + BLAS); the bias is added as the product is written out.
+
+    With ``keep_columns``, returns (y, columns): the wide column matrix (K, N*L) of the whole
+    batch when it was packed in one chunk (small maps), which :func:`conv2d_weight_grad` can
+    take instead of packing x again, else None.
+    """
     x, w = contiguous(x), contiguous(w)
     geometry = _Geometry(x.shape, w.shape, stride, padding, dilation, groups)
     n, o, g = x.shape[0], w.shape[0], geometry.groups
@@ -367,8 +372,13 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None):
     y_groups = y.reshape(n, g, o // g, geometry.length)
     w_mat = w.reshape(g, o // g, -1)                                     # (G, O/G, K/G)
     bias_groups = None if bias is None else bias.reshape(1, g, o // g, 1)
-    buffer = geometry.buffer(x.dtype)
-    for chunk in geometry.chunks(x.itemsize):
+    chunks = geometry.chunks(x.itemsize)
+    keep = keep_columns and geometry.wide and len(chunks) == 1
+    # kept columns need an array of their own; otherwise the per-thread scratch is reused
+    buffer = np.empty(n * geometry.rows * geometry.length, x.dtype) if keep else \
+        geometry.buffer(x.dtype)
+    cols = None
+    for chunk in chunks:
         cols = geometry.pack(x[chunk], geometry.wide, buffer)
         if geometry.wide:                                                # (G, O/G, n*L)
             y_wide = np.matmul(w_mat, cols.reshape(g, -1, cols.shape[1]))
@@ -382,20 +392,27 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None):
                       out=y_groups[chunk])
             if bias is not None:                 # while the chunk's output is still in cache
                 y_groups[chunk] += bias_groups
+    if keep_columns:
+        return y, (cols if keep else None)
     return y
 
 
 @register_kernel("conv2d_weight_grad", "numba", supports=_supported)
-def conv2d_weight_grad(x, gy, weight_shape, stride, padding, dilation, groups):
+def conv2d_weight_grad(x, gy, weight_shape, stride, padding, dilation, groups, columns=None):
     """gw = per group gY_g (O/G, n*L) @ im2col(x)_g^T (n*L, K/G), summed over chunks of n
-    samples: the sum over samples happens inside the sgemm (Numba + BLAS)."""
+    samples: the sum over samples happens inside the sgemm (Numba + BLAS). ``columns``, the
+    whole batch's wide column matrix kept by :func:`conv2d_forward`, saves packing x again."""
     x, gy = contiguous(x), contiguous(gy)
     geometry = _Geometry(x.shape, weight_shape, stride, padding, dilation, groups, gy.shape[2:])
     o, g = gy.shape[1], geometry.groups
     gw = np.zeros((g, o // g, geometry.rows // g), x.dtype)
-    buffer = geometry.buffer(x.dtype)
-    for chunk in geometry.chunks(x.itemsize):
-        cols = geometry.pack(x[chunk], True, buffer)                     # (K, n*L)
+    whole = (geometry.rows, x.shape[0] * geometry.length)
+    kept = (columns is not None and columns.shape == whole and columns.dtype == x.dtype
+            and columns.flags.c_contiguous)
+    chunks = [slice(0, x.shape[0])] if kept else geometry.chunks(x.itemsize)
+    buffer = None if kept else geometry.buffer(x.dtype)
+    for chunk in chunks:
+        cols = columns if kept else geometry.pack(x[chunk], True, buffer)    # (K, n*L)
         gy_wide = np.ascontiguousarray(gy[chunk].reshape(-1, o, geometry.length)
                                        .transpose(1, 0, 2))              # (O, n, L)
         gw += np.matmul(gy_wide.reshape(g, o // g, -1),

@@ -30,7 +30,7 @@ from refnas.backend import kernel, register_kernel
 from refnas.ops import sampling as S
 from refnas.ops.reduce import sum as sum_op
 from refnas.ops.registry import OpError, primitive
-from refnas.tensor import Tensor, _array_module, describe
+from refnas.tensor import Tensor, _array_module, describe, is_grad_enabled
 
 Pair = tuple[int, int]
 
@@ -154,10 +154,13 @@ def _by_group(a, groups):
 
 @register_kernel("conv2d_forward")
 def conv2d_forward_reference(x, w, stride: Pair, padding: Pair, dilation: Pair, groups: int,
-                             bias=None):
+                             bias=None, keep_columns=False):
     r""":math:`Y_g = \operatorname{cols}_g(x)\, W_g^\top` per group g, i.e.
     :math:`y_{n,o,i,j} = b_o + \sum_{c,p,q} w_{o,c,p,q}\, x_{n,g(o)C/G+c,\,i s_h+p d_h-\pi_h,\,
-    j s_w+q d_w-\pi_w}` (:math:`b = 0` without a bias) (NumPy reference kernel)."""
+    j s_w+q d_w-\pi_w}` (:math:`b = 0` without a bias) (NumPy reference kernel).
+
+    ``keep_columns`` asks for ``(y, columns)``: an accelerated kernel may hand back its packed
+    columns for the weight gradient; the reference keeps none (None)."""
     n, o = x.shape[0], w.shape[0]
     cols, (oh, ow) = _columns(x, w.shape[2:], stride, padding, dilation, groups)
     w_mat = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)     # (G, C/G*KH*KW, O/G)
@@ -166,15 +169,16 @@ def conv2d_forward_reference(x, w, stride: Pair, padding: Pair, dilation: Pair, 
     y = _array_module(x).ascontiguousarray(y.reshape(n, o, oh, ow))
     if bias is not None:
         y += bias.reshape(1, o, 1, 1)
-    return y
+    return (y, None) if keep_columns else y
 
 
 @register_kernel("conv2d_weight_grad")
 def conv2d_weight_grad_reference(x, gy, weight_shape, stride: Pair, padding: Pair,
-                                 dilation: Pair, groups: int):
+                                 dilation: Pair, groups: int, columns=None):
     r""":math:`\bar w_{o,c,p,q} = \sum_{n,i,j} \bar y_{n,o,i,j}\, x_{n,g(o)C/G+c,\,i s_h+p d_h
     -\pi_h,\, j s_w+q d_w-\pi_w}`: per group :math:`\bar W_g = \bar Y_g^\top
-    \operatorname{cols}_g(x)` (NumPy reference kernel)."""
+    \operatorname{cols}_g(x)` (NumPy reference kernel; an accelerated kernel's kept
+    ``columns`` are not its layout and are ignored)."""
     cols, _ = _columns(x, tuple(weight_shape[2:]), stride, padding, dilation, groups)
     gw = _by_group(gy, groups).transpose(0, 2, 1) @ cols               # (G, O/G, C/G*KH*KW)
     return gw.reshape(tuple(weight_shape))
@@ -261,12 +265,14 @@ def _sample_conv(draw):
     return operands, geometry
 
 
-@primitive(name="conv2d", sample=_sample_conv)
+@primitive(name="conv2d", saves=True, sample=_sample_conv)
 def conv2d_primitive(x, w, b=None, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
                      groups=1):
     r"""2-D cross-correlation, with the bias b (O,) added when given (see the module docstring
     for the formula). The kernel adds the bias while it writes the output, so a biased
-    convolution makes no second pass over it.
+    convolution makes no second pass over it. When the kernel hands back its packed columns of
+    x (Numba, small maps) and a graph may be recorded, they are saved for the weight gradient,
+    which then does not pack x again.
 
     VJP: :math:`\bar x = ` :func:`conv2d_input_grad` :math:`(\bar y, w)`,
     :math:`\bar w = ` :func:`conv2d_weight_grad` :math:`(x, \bar y)`,
@@ -276,19 +282,22 @@ def conv2d_primitive(x, w, b=None, *, stride=(1, 1), padding=(0, 0), dilation=(1
     check_4d("conv2d", "input", x)
     operands = (x, w) if b is None else (x, w, b)
     _check_conv("conv2d", x.shape, w.shape, geometry, operands)
-    if b is None:
-        return kernel("conv2d_forward")(x, w, *_pairs(geometry))
-    if tuple(b.shape) != (w.shape[0],):
+    if b is not None and tuple(b.shape) != (w.shape[0],):
         raise OpError(f"conv2d: bias must have shape ({w.shape[0]},) for a weight of shape "
                       f"{tuple(w.shape)}, got {describe([b])}")
-    return kernel("conv2d_forward")(x, w, *_pairs(geometry), bias=b)
+    if not is_grad_enabled():                   # no graph: nothing would keep the columns
+        return kernel("conv2d_forward")(x, w, *_pairs(geometry), bias=b), {}
+    y, columns = kernel("conv2d_forward")(x, w, *_pairs(geometry), bias=b, keep_columns=True)
+    return y, ({} if columns is None else {"columns": columns})
 
 
 @conv2d_primitive.defvjp
-def conv2d_vjp(g, out, x, w, b=None, *, stride, padding, dilation, groups):
+def conv2d_vjp(g, out, x, w, b=None, *, stride, padding, dilation, groups, columns=None):
     geometry = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
     gx = conv2d_input_grad(g, w, input_shape=x.shape, **geometry) if x.requires_grad else None
-    gw = conv2d_weight_grad(x, g, weight_shape=w.shape, **geometry) if w.requires_grad else None
+    kept = {} if columns is None else {"columns": columns}
+    gw = conv2d_weight_grad(x, g, weight_shape=w.shape, **kept, **geometry) \
+        if w.requires_grad else None
     if b is None:
         return gx, gw
     return gx, gw, (sum_op(g, axis=(0, 2, 3)) if b.requires_grad else None)
@@ -334,23 +343,26 @@ def _sample_weight_grad(draw):
 
 @primitive(sample=_sample_weight_grad)
 def conv2d_weight_grad(x, gy, *, weight_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
-                       groups=1):
+                       groups=1, columns=None):
     r"""The weight gradient :math:`W(x, \bar y)` of :func:`conv2d`.
 
     :math:`W` is bilinear and :math:`\langle G, W(x, \bar y)\rangle = \langle \operatorname{conv}
     (x, G), \bar y\rangle = \langle x, T(\bar y, G)\rangle`, so its VJP for a cotangent G
     (shaped like w) is :math:`\bar x = T(\bar y, G)`, :math:`\bar{\bar y} = \operatorname{conv}
-    (x, G)`.
+    (x, G)`. ``columns``: the packed columns of x that the forward's kernel kept (see
+    :func:`conv2d_primitive`), passed on to the kernel, which may skip packing x.
     """
     geometry = _geometry("conv2d_weight_grad", stride, padding, dilation, groups)
     check_4d("conv2d_weight_grad", "input", x)
     weight_shape = tuple(int(n) for n in weight_shape)
     _check_output("conv2d_weight_grad", x.shape, weight_shape, gy, geometry, (x, gy))
-    return kernel("conv2d_weight_grad")(x, gy, weight_shape, *_pairs(geometry))
+    if columns is None:
+        return kernel("conv2d_weight_grad")(x, gy, weight_shape, *_pairs(geometry))
+    return kernel("conv2d_weight_grad")(x, gy, weight_shape, *_pairs(geometry), columns=columns)
 
 
 @conv2d_weight_grad.defvjp
-def conv2d_weight_grad_vjp(G, out, x, gy, *, weight_shape, **geometry):
+def conv2d_weight_grad_vjp(G, out, x, gy, *, weight_shape, columns=None, **geometry):
     g_x = conv2d_input_grad(gy, G, input_shape=x.shape, **geometry) if x.requires_grad else None
     g_gy = conv2d_primitive(x, G, **geometry) if gy.requires_grad else None
     return g_x, g_gy

@@ -93,6 +93,57 @@ def test_conv2d_pointwise_and_workload_shapes(dtype):
         _compare_conv(x, w, rng.standard_normal(y.shape).astype(dtype), geometry, bias)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_forward_keeps_columns_that_the_weight_gradient_uses(dtype, monkeypatch):
+    """On a small map (the wide layout, one chunk) the forward hands back its packed columns;
+    the weight gradient given them packs nothing and equals the reference; columns of another
+    shape are not trusted (x is packed again)."""
+    from refnas.kernels import numba_conv
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 6, 7, 7)).astype(dtype)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    geometry = ((1, 1), (1, 1), (1, 1), 2)
+    forward, forward_reference = numba_and_reference("conv2d_forward")
+    y, columns = forward(x, w, *geometry, keep_columns=True)
+    assert columns is not None and columns.shape == (6 * 3 * 3, 5 * 7 * 7)
+    assert_close(y, forward_reference(x, w, *geometry),
+                 bound=forward_reference(np.abs(x), np.abs(w), *geometry))
+    assert forward_reference(x, w, *geometry, keep_columns=True)[1] is None
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    packs = []
+    pack = numba_conv._Geometry.pack
+    monkeypatch.setattr(numba_conv._Geometry, "pack",
+                        lambda self, *args: packs.append(args[1]) or pack(self, *args))
+    weight_grad, weight_grad_reference = numba_and_reference("conv2d_weight_grad")
+    expected = weight_grad_reference(x, gy, w.shape, *geometry)
+    bound = weight_grad_reference(np.abs(x), np.abs(gy), w.shape, *geometry)
+    assert_close(weight_grad(x, gy, w.shape, *geometry, columns=columns), expected, bound=bound)
+    assert packs == []
+    assert_close(weight_grad(x, gy, w.shape, *geometry, columns=columns[:, 1:].copy()),
+                 expected, bound=bound)
+    assert packs == [True]
+
+
+def test_conv2d_saves_the_kept_columns_only_while_recording():
+    """The conv2d primitive saves the kernel's columns in its graph node (for the weight
+    gradient) when a graph is recorded, and asks for none under no_grad."""
+    import refnas as rn
+    from refnas import ops
+    rng = np.random.default_rng(4)
+    x = rn.tensor(rng.standard_normal((3, 2, 6, 6)).astype(np.float32))
+    w = rn.tensor(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), requires_grad=True)
+    with rn.use_backend("numba"):
+        y = ops.conv2d(x, w, padding=1)
+        assert y._kwargs["columns"].shape == (2 * 9, 3 * 36)
+        y.sum().backward()
+        with rn.no_grad():
+            assert ops.conv2d(x, w, padding=1)._op is None
+    with rn.use_backend("numpy"):
+        w_numpy = rn.tensor(w.data, requires_grad=True)
+        ops.conv2d(x, w_numpy, padding=1).sum().backward()
+    np.testing.assert_allclose(w.grad.data, w_numpy.grad.data, rtol=1e-5, atol=1e-4)
+
+
 def _pool_case(data):
     kernel_size = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))
     stride = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
