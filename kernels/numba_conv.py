@@ -374,9 +374,10 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None, keep_colu
     bias_groups = None if bias is None else bias.reshape(1, g, o // g, 1)
     chunks = geometry.chunks(x.itemsize)
     keep = keep_columns and geometry.wide and len(chunks) == 1
-    # kept columns need an array of their own; otherwise the per-thread scratch is reused
-    buffer = np.empty(n * geometry.rows * geometry.length, x.dtype) if keep else \
-        geometry.buffer(x.dtype)
+    # kept columns need an array of their own (a pointwise pack makes one anyway); otherwise
+    # the per-thread scratch is reused
+    buffer = np.empty(n * geometry.rows * geometry.length, x.dtype) \
+        if keep and not geometry.pointwise else geometry.buffer(x.dtype)
     cols = None
     for chunk in chunks:
         cols = geometry.pack(x[chunk], geometry.wide, buffer)
