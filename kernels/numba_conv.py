@@ -25,13 +25,12 @@ and no padding needs no packing at all: its columns are the input itself.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 from numba import njit, prange
 
 from refnas.backend import register_kernel
-from refnas.kernels.numba_support import contiguous, same_float_dtype
+from refnas.kernels import numba_direct as direct
+from refnas.kernels.numba_support import contiguous, same_float_dtype, scratch
 
 
 @njit(cache=True)
@@ -331,22 +330,7 @@ class _Geometry:
     def buffer(self, dtype):
         """Scratch space for one chunk's columns, reused from call to call."""
         chunk = self.chunks(np.dtype(dtype).itemsize)[0]
-        return _scratch((chunk.stop - chunk.start) * self.rows * self.length, dtype)
-
-
-# One column buffer per thread and dtype, grown as needed and kept: a fresh multi-megabyte array
-# per call would be fresh pages from the OS, each page-faulted on first write (measured: the
-# forward of CNN-S's second convolution took twice as long inside a training step as alone).
-_buffers = threading.local()
-
-
-def _scratch(size: int, dtype) -> np.ndarray:
-    key = np.dtype(dtype).str
-    buffers = _buffers.__dict__
-    buffer = buffers.get(key)
-    if buffer is None or buffer.size < size:
-        buffer = buffers[key] = np.empty(size, dtype)
-    return buffer[:size]
+        return scratch((chunk.stop - chunk.start) * self.rows * self.length, dtype, "columns")
 
 
 def _supported(a, b, *args, bias=None, **kwargs) -> bool:
@@ -366,6 +350,10 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None, keep_colu
     take instead of packing x again, else None.
     """
     x, w = contiguous(x), contiguous(w)
+    if direct.applies("forward", x.shape, w.shape, stride, padding, dilation, groups, x.dtype,
+                      recording=keep_columns):
+        y = direct.forward(x, w, None if bias is None else contiguous(bias), padding, dilation)
+        return (y, None) if keep_columns else y
     geometry = _Geometry(x.shape, w.shape, stride, padding, dilation, groups)
     n, o, g = x.shape[0], w.shape[0], geometry.groups
     y = np.empty((n, o, *geometry.out_hw), x.dtype)
@@ -404,6 +392,9 @@ def conv2d_weight_grad(x, gy, weight_shape, stride, padding, dilation, groups, c
     samples: the sum over samples happens inside the sgemm (Numba + BLAS). ``columns``, the
     whole batch's wide column matrix kept by :func:`conv2d_forward`, saves packing x again."""
     x, gy = contiguous(x), contiguous(gy)
+    if direct.applies("weight_grad", x.shape, weight_shape, stride, padding, dilation, groups,
+                      x.dtype):
+        return direct.weight_grad(x, gy, weight_shape, padding, dilation)
     geometry = _Geometry(x.shape, weight_shape, stride, padding, dilation, groups, gy.shape[2:])
     o, g = gy.shape[1], geometry.groups
     gw = np.zeros((g, o // g, geometry.rows // g), x.dtype)
@@ -425,6 +416,9 @@ def conv2d_weight_grad(x, gy, weight_shape, stride, padding, dilation, groups, c
 def conv2d_input_grad(gy, w, input_shape, stride, padding, dilation, groups):
     """gx = col2im(per group W_g^T @ gY_g), one sgemm per sample (Numba + BLAS)."""
     gy, w = contiguous(gy), contiguous(w)
+    if direct.applies("input_grad", input_shape, w.shape, stride, padding, dilation, groups,
+                      gy.dtype):
+        return direct.input_grad(gy, w, padding, dilation)
     geometry = _Geometry(input_shape, w.shape, stride, padding, dilation, groups, gy.shape[2:])
     n, o, g = gy.shape[0], w.shape[0], geometry.groups
     w_t = w.reshape(g, o // g, -1).transpose(0, 2, 1)                    # (G, K/G, O/G)
