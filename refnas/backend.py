@@ -22,12 +22,14 @@ else the call falls back to the reference with a one-time warning — never a wr
 
 Threads: Numba's parallel loops and the BLAS behind ``np.matmul`` each use
 :func:`num_threads` threads, ``REFNAS_NUM_THREADS`` if set, else every core this process may run
-on. The two never run at the same time (a kernel packs with Numba, then multiplies with BLAS,
-then unpacks with Numba), so each may use all cores without oversubscribing them.
-:func:`set_num_threads` changes both at run time. Numba runs on its ``workqueue`` threading layer
-(whose idle threads sleep rather than spin against BLAS's; see :func:`_prepare_numba`) unless
-``NUMBA_THREADING_LAYER`` names another; calls into Numba kernels from several Python threads are
-serialised, since that layer is not thread-safe.
+on. :func:`set_num_threads` changes both at run time. With Intel TBB installed (the ``tbb``
+package, a dependency on x86-64) Numba runs on its TBB threading layer, and OpenBLAS's parallel
+sections run on that same pool (:mod:`refnas.kernels.numba_blas`): one pool, as in PyTorch,
+instead of two whose idle threads poll the same cores. Without TBB, Numba runs on its
+``workqueue`` layer (whose idle threads sleep; see :func:`_prepare_numba`) and BLAS keeps its own
+pool. ``NUMBA_THREADING_LAYER`` overrides the choice, ``REFNAS_SHARED_BLAS_POOL=0`` keeps BLAS's
+own pool. Calls into Numba kernels from several Python threads are serialised (workqueue is not
+thread-safe).
 
 Memory: on Linux, importing this module asks glibc's malloc to keep freed blocks of up to 32 MiB
 for reuse (see :func:`_keep_freed_memory`; ``REFNAS_MALLOC_TUNING=0`` turns it off), which
@@ -101,6 +103,8 @@ def _load(backend: str) -> bool:
             importlib.import_module(_EXTENSION_MODULES[backend])
             if backend == "numba" and (_threads is not None or _requested_threads()):
                 set_num_threads(num_threads())
+            if backend == "numba":
+                _share_blas_pool()
             ok = True
         except Exception as error:  # ImportError, or a CUDA runtime that is absent
             _load_errors[backend] = f"{type(error).__name__}: {error}"
@@ -324,17 +328,31 @@ def _prepare_numba() -> None:
     """Settings Numba reads once, at import, so they are made before it is first imported:
 
     * its thread pool holds :func:`num_threads` threads and at least one per core;
-    * its threading layer is ``workqueue`` unless ``NUMBA_THREADING_LAYER`` says otherwise.
-      OpenMP's worker threads spin after each parallel loop; the kernels alternate parallel
-      loops with BLAS calls, whose threads then compete with the spinning ones (measured on
-      this 2-core machine while other processes ran: a parallel loop followed by an sgemm took
-      about 10x the sum of the two under OpenMP, about their sum under workqueue, whose threads
-      sleep). The workqueue layer is not thread-safe, so calls into Numba kernels are
-      serialised by a lock (see :func:`kernel`).
+    * its threading layer is TBB when Intel TBB can be loaded, else ``workqueue`` (never
+      OpenMP by default: GNU OpenMP aborts a forked child that starts a parallel loop, and the
+      search's worker processes are forked), unless ``NUMBA_THREADING_LAYER`` or
+      ``NUMBA_THREADING_LAYER_PRIORITY`` says otherwise. TBB is thread-safe and fork-safe, so
+      OpenBLAS's parallel sections can run on its pool (:func:`_share_blas_pool`). Under
+      workqueue BLAS keeps its own pool: OpenMP's or BLAS's polling threads next to another
+      pool made a parallel loop followed by an sgemm take about 10x the sum of the two here,
+      workqueue's sleeping threads about their sum. The workqueue layer is not thread-safe, so
+      calls into Numba kernels are serialised by a lock (see :func:`kernel`).
     """
     if "numba" not in sys.modules:
         os.environ.setdefault("NUMBA_NUM_THREADS", str(max(num_threads(), _cores())))
-        os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+        os.environ.setdefault("NUMBA_THREADING_LAYER", "default")
+        os.environ.setdefault("NUMBA_THREADING_LAYER_PRIORITY", "tbb workqueue omp")
+
+
+def _share_blas_pool() -> bool:
+    """Run OpenBLAS's parallel sections on Numba's pool when that is safe (a thread-safe,
+    fork-safe threading layer) and not turned off by ``REFNAS_SHARED_BLAS_POOL=0``."""
+    if os.environ.get("REFNAS_SHARED_BLAS_POOL", "1") == "0":
+        return False
+    import numba
+
+    from refnas.kernels import numba_blas
+    return numba_blas.share_with_blas(numba.config.NUMBA_NUM_THREADS)
 
 
 def set_num_threads(n: int) -> None:
@@ -354,6 +372,11 @@ def set_num_threads(n: int) -> None:
         import threadpoolctl
     except ImportError:  # BLAS keeps its own default (all cores)
         return
+    # BLAS's jobs on Numba's pool must all run at once: never more of them than the pool holds
+    if "numba" in sys.modules and sys.modules.get("refnas.kernels.numba_blas") is not None \
+            and sys.modules["refnas.kernels.numba_blas"].sharing():
+        import numba
+        n = min(n, numba.config.NUMBA_NUM_THREADS)
     threadpoolctl.threadpool_limits(n, user_api="blas")
 
 
