@@ -350,8 +350,7 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None, keep_colu
     take instead of packing x again, else None.
     """
     x, w = contiguous(x), contiguous(w)
-    if direct.applies("forward", x.shape, w.shape, stride, padding, dilation, groups, x.dtype,
-                      recording=keep_columns):
+    if direct.applies("forward", x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
         y = direct.forward(x, w, None if bias is None else contiguous(bias), padding, dilation)
         return (y, None) if keep_columns else y
     geometry = _Geometry(x.shape, w.shape, stride, padding, dilation, groups)

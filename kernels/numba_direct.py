@@ -239,36 +239,33 @@ def _weight_grad_parallel(xf, gf, gwf, dims):
 # --------------------------------------------------------------------------------------------
 # The three kernels
 # --------------------------------------------------------------------------------------------
-# Where the direct loops beat im2col + sgemm. Measured on this machine (2 threads, kernels called
-# both ways on each convolution of real training steps, in one process): 1.3-2x faster on
-# ResNet-18's 32x32 maps, even to 1.3x faster on its 16x16 maps, slower or even on 8x8 and
-# CNN-S's 14x14 ones. There, im2col's weight gradient is one sgemm over the columns the forward
-# kept (2x faster than the strips here, whose padded planes are 40-60% larger than the maps),
-# so while a graph is recorded the forward stays with im2col too; without one (inference) the
-# forward runs here from 8x8 up (1.1-1.8x faster). Blocks of output channels (input channels,
-# for the weight gradient) are filled up with copies of the last channel, so convolutions with
-# fewer channels than a block (CNN-S's 1-channel input) stay with im2col.
-MIN_POSITIONS = 256
-INFERENCE_MIN_POSITIONS = 64
+# Where the direct loops beat im2col + sgemm. Measured on this machine (2 threads, BLAS on the
+# same pool, whole training steps alternating between thresholds in one process): handing them
+# every map of at least 64 outputs made a ResNet-18 step 87.5 instead of 91.3 ms (256 outputs)
+# and a CNN-S step 9.0 instead of 11.2 ms; taking the 4x4 maps too (16) was slower again (91.3
+# against 88.6 ms): their padded planes are 2.25x the map. Blocks of output channels (input
+# channels, for the weight gradient) are filled up with copies of the last channel, so
+# convolutions with fewer channels than a block (CNN-S's 1-channel input) stay with im2col.
+MIN_POSITIONS = 64
 
 
-def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype,
-            recording=True) -> bool:
+def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype) -> bool:
     """Whether the kernel ``kind`` ("forward", "input_grad" or "weight_grad") of this
     convolution runs here: float32, stride 1, ungrouped, padding at most the kernel's reach
     (so that the input gradient's "full" padding is not negative), and maps and channels past
-    the thresholds above (``recording``: whether the forward's graph is being recorded)."""
+    the thresholds above."""
     (n, c, h, w), (k, _, kh, kw), (dh, dw) = x_shape, w_shape, dilation
     if not (np.dtype(dtype) == np.float32 and tuple(stride) == (1, 1) and groups == 1
             and 0 <= padding[0] <= dh * (kh - 1) and 0 <= padding[1] <= dw * (kw - 1)):
         return False
     positions = (h + 2 * padding[0] - dh * (kh - 1)) * (w + 2 * padding[1] - dw * (kw - 1))
+    if positions < MIN_POSITIONS:
+        return False
     if kind == "forward":
-        least = MIN_POSITIONS if recording else INFERENCE_MIN_POSITIONS
-        return positions >= least and k >= OUT_BLOCK
+        return k >= OUT_BLOCK
     if kind == "input_grad":
-        return positions >= MIN_POSITIONS and c >= OUT_BLOCK
-    return positions >= MIN_POSITIONS and k >= GRAD_OUT_BLOCK and c >= GRAD_IN_BLOCK
+        return c >= OUT_BLOCK
+    return k >= GRAD_OUT_BLOCK and c >= GRAD_IN_BLOCK
 
 
 class _Grid:

@@ -90,9 +90,9 @@ def test_direct_loops_at_workload_sizes(x_shape, w_shape):
 
 
 def test_the_numba_kernels_hand_the_direct_loops_their_convolutions():
-    """Float32, stride 1, ungrouped convolutions on maps of at least MIN_POSITIONS outputs go
-    to the direct loops (the forward from INFERENCE_MIN_POSITIONS when no graph is recorded);
-    float64, strided, grouped, over-padded, small-map and few-channel ones stay with im2col."""
+    """Float32, stride 1, ungrouped convolutions on maps of at least MIN_POSITIONS (64) outputs
+    go to the direct loops; float64, strided, grouped, over-padded, small-map and few-channel
+    ones stay with im2col."""
     direct = _direct()
     calls = []
     spies = {name: (lambda name, real: lambda *a, **k: calls.append(name) or real(*a, **k))(
@@ -118,8 +118,10 @@ def test_the_numba_kernels_hand_the_direct_loops_their_convolutions():
     assert run((2, 8, 16, 16), (8, 8, 3, 3), stride=(2, 2)) == []
     assert run((2, 8, 16, 16), (8, 4, 3, 3), groups=2) == []
     assert run((2, 8, 16, 16), (8, 8, 3, 3), padding=(3, 3)) == []
-    assert run((2, 8, 8, 8), (8, 8, 3, 3)) == []                                # 64 outputs
-    assert run((2, 8, 8, 8), (8, 8, 3, 3), keep_columns=False) == ["forward"]   # inference
+    assert run((2, 8, 8, 8), (8, 8, 3, 3)) == ["forward", "input_grad", "weight_grad"]
+    assert run((2, 8, 8, 8), (8, 8, 3, 3), keep_columns=False) == [
+        "forward", "input_grad", "weight_grad"]
+    assert run((2, 8, 7, 8), (8, 8, 3, 3)) == []                                # 56 outputs
     assert run((2, 1, 16, 16), (8, 1, 3, 3)) == ["forward"]                     # 1 input channel
     assert run((2, 8, 16, 16), (2, 8, 3, 3)) == ["input_grad"]                  # 2 outputs
 
