@@ -23,6 +23,7 @@ Formulas (those of the NumPy references):
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 from numba import njit, prange
@@ -40,9 +41,10 @@ def _float_arrays(*args, **kwargs) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# relu: one thread at every size. A pass that moves 8-12 bytes per comparison is bound by memory,
-# which one core already saturates here; a second thread only added its wake-up (measured on
-# 0.8M float32: forward 114 us serial, 190 us parallel; see numba_support).
+# relu: a pass that moves 8-12 bytes per comparison, bound by memory. On two threads only when
+# Numba's pool is shared with BLAS (TBB; see numba_blas): its threads are then awake and a
+# ResNet-18-sized relu (0.5M float32) took 52 instead of 77 us. Under the workqueue layer a
+# second thread only added its wake-up (0.8M float32: 114 us serial, 190 us parallel).
 # --------------------------------------------------------------------------------------------
 @njit(cache=True)
 def _relu_forward_span(x, y, start, stop):
@@ -57,6 +59,24 @@ def _relu_backward_span(g, x, out, start, stop):
     g, x, out = g[start:stop], x[start:stop], out[start:stop]
     for i in range(stop - start):
         out[i] = g[i] if x[i] > 0 else 0
+
+
+@njit(cache=True, parallel=True)
+def _relu_forward_parallel(x, y):
+    for k in prange((x.size + CHUNK - 1) // CHUNK):
+        _relu_forward_span(x, y, k * CHUNK, min((k + 1) * CHUNK, x.size))
+
+
+@njit(cache=True, parallel=True)
+def _relu_backward_parallel(g, x, out):
+    for k in prange((x.size + CHUNK - 1) // CHUNK):
+        _relu_backward_span(g, x, out, k * CHUNK, min((k + 1) * CHUNK, x.size))
+
+
+def _relu_parallel_min_size() -> int:
+    """PARALLEL_MIN_SIZE while BLAS shares Numba's (awake) pool, else never."""
+    blas = sys.modules.get("refnas.kernels.numba_blas")
+    return PARALLEL_MIN_SIZE if blas is not None and blas.sharing() else sys.maxsize
 
 
 def _map(span, *arrays: np.ndarray, parallel=None, parallel_min_size: int = 0) -> np.ndarray:
@@ -75,13 +95,15 @@ def _map(span, *arrays: np.ndarray, parallel=None, parallel_min_size: int = 0) -
 @register_kernel("relu_forward", "numba", supports=_float_arrays)
 def relu_forward(x: np.ndarray) -> np.ndarray:
     """relu, one pass (Numba)."""
-    return _map(_relu_forward_span, x)
+    return _map(_relu_forward_span, x, parallel=_relu_forward_parallel,
+                parallel_min_size=_relu_parallel_min_size())
 
 
 @register_kernel("relu_backward", "numba", supports=_float_arrays)
 def relu_backward(g: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``g * (x > 0)``, one pass (Numba)."""
-    return _map(_relu_backward_span, g, x)
+    return _map(_relu_backward_span, g, x, parallel=_relu_backward_parallel,
+                parallel_min_size=_relu_parallel_min_size())
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Numba activation, softmax-cross-entropy, optimizer and Taylor-importance kernels equal their
 NumPy references, on small inputs and on inputs past PARALLEL_MIN_SIZE (where GELU and
-softmax-cross-entropy take their parallel path; relu and the optimizer updates always run on one
-thread, so for them the large inputs check the long vectorised loops)."""
+softmax-cross-entropy take their parallel path, and relu too while BLAS shares Numba's pool; the
+optimizer updates always run on one thread, so for them the large inputs check the long
+vectorised loops)."""
 from __future__ import annotations
 
 import copy
@@ -36,6 +37,22 @@ def test_activations(name, data, dtype):
     assert_close(fast(x), reference(x))
     fast, reference = numba_and_reference(f"{name}_backward")
     assert_close(fast(g, x), reference(g, x), bound=np.abs(g) * 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_parallel_path_whatever_the_pool(dtype, monkeypatch):
+    """relu's parallel driver (chunks of CHUNK over prange, a partial last chunk, NaN passing
+    through) equals the reference even where the pool would not choose it."""
+    from refnas.kernels import numba_elementwise
+    monkeypatch.setattr(numba_elementwise, "_relu_parallel_min_size", lambda: 0)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(3 * numba_elementwise.CHUNK + 17).astype(dtype)
+    x[::1000] = np.nan
+    g = rng.standard_normal(x.shape).astype(dtype)
+    fast, reference = numba_and_reference("relu_forward")
+    np.testing.assert_array_equal(fast(x), reference(x))
+    fast, reference = numba_and_reference("relu_backward")
+    np.testing.assert_array_equal(fast(g, x), reference(g, x))
 
 
 @given(data=st.data(), dtype=DTYPES, weighted=st.booleans(),
