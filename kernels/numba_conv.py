@@ -2,7 +2,7 @@ r"""Numba + BLAS kernels for 2-D convolution: forward, input gradient, weight gr
 
 The arithmetic is matrix products done by the BLAS behind ``np.matmul`` (float32 sgemm, on every
 core); Numba does the memory work around them, one (sample, channel) plane per task (serially,
-or over ``prange`` for very large samples; see PARALLEL_PACK_MIN_SIZE):
+or over ``prange``; see PARALLEL_PACK_MIN_SIZE):
 
 * **im2col** (Chellapilla et al. 2006) packs the receptive fields of the input into a matrix
   with one row per (channel, kernel offset) :math:`k = (c, p, q)` and one column per output
@@ -30,7 +30,7 @@ from numba import njit, prange
 
 from refnas.backend import register_kernel
 from refnas.kernels import numba_direct as direct
-from refnas.kernels.numba_support import contiguous, same_float_dtype, scratch
+from refnas.kernels.numba_support import contiguous, pool_shared, same_float_dtype, scratch
 
 
 @njit(cache=True)
@@ -231,10 +231,17 @@ def _col2im_parallel(cols, dims, wide, table, gx):
 CHUNK_BYTES = 1 << 23
 
 # Packing runs in parallel only for column matrices past this many elements (a sample of a large
-# image). Below, a serial pack beside BLAS's own threads was faster on this 2-core machine:
-# ResNet-18's convolutions took 125 ms per step with serial packing, 150-200 ms with parallel
-# packing (each parallel region waits to wake its workers, while BLAS's threads spin).
+# image) while BLAS keeps its own pool: a serial pack beside BLAS's polling threads was faster on
+# this 2-core machine (ResNet-18's convolutions took 125 ms per step with serial packing,
+# 150-200 ms with parallel packing). When BLAS shares Numba's pool (numba_blas) nothing polls
+# beside the pack, and packing every matrix in parallel made a ResNet-18 step 3-5% faster
+# (99 vs 103-105 ms, alternating in one process).
 PARALLEL_PACK_MIN_SIZE = 1 << 22
+SHARED_POOL_PACK_MIN_SIZE = 0
+
+
+def _pack_in_parallel(size: int) -> bool:
+    return size >= (SHARED_POOL_PACK_MIN_SIZE if pool_shared() else PARALLEL_PACK_MIN_SIZE)
 
 # Below this many output positions per sample, one product per sample is too thin for BLAS:
 # the forward and input-gradient products then take the samples of a chunk side by side.
@@ -312,7 +319,7 @@ class _Geometry:
                     if wide else cols)
         cols = buffer[:n * self.rows * self.length]
         args = (x.reshape(-1), self.dims(n), wide, self.table, cols)
-        if cols.size >= PARALLEL_PACK_MIN_SIZE:
+        if _pack_in_parallel(cols.size):
             _im2col_parallel(*args)
         else:
             _im2col_planes(*args, 0, n * self.x_shape[1])
@@ -322,7 +329,7 @@ class _Geometry:
     def unpack(self, cols, wide: bool, gx):
         """col2im of columns, (n, K, L) or (K, n*L) when ``wide``, into gx (n, C, H, W)."""
         args = (cols.reshape(-1), self.dims(gx.shape[0]), wide, self.table, gx.reshape(-1))
-        if cols.size >= PARALLEL_PACK_MIN_SIZE:
+        if _pack_in_parallel(cols.size):
             _col2im_parallel(*args)
         else:
             _col2im_planes(*args, 0, gx.shape[0] * gx.shape[1])

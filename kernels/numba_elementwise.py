@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from refnas.backend import register_kernel
-from refnas.kernels.numba_support import (CHUNK, PARALLEL_MIN_SIZE, contiguous, flat,
+from refnas.kernels.numba_support import (CHUNK, PARALLEL_MIN_SIZE, contiguous, flat, pool_shared,
                                           same_float_dtype)
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
@@ -75,8 +75,7 @@ def _relu_backward_parallel(g, x, out):
 
 def _relu_parallel_min_size() -> int:
     """PARALLEL_MIN_SIZE while BLAS shares Numba's (awake) pool, else never."""
-    blas = sys.modules.get("refnas.kernels.numba_blas")
-    return PARALLEL_MIN_SIZE if blas is not None and blas.sharing() else sys.maxsize
+    return PARALLEL_MIN_SIZE if pool_shared() else sys.maxsize
 
 
 def _map(span, *arrays: np.ndarray, parallel=None, parallel_min_size: int = 0) -> np.ndarray:

@@ -7,6 +7,7 @@ specialisations of each kernel (one per dtype) and the on-disk cache always hits
 """
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -70,3 +71,11 @@ def scratch(size: int, dtype, slot: str) -> np.ndarray:
     if buffer is None or buffer.size < size:
         buffer = buffers[key] = np.empty(size, dtype)
     return buffer[:size]
+
+
+def pool_shared() -> bool:
+    """Whether BLAS runs its parallel sections on Numba's pool (:mod:`refnas.kernels.numba_blas`).
+    That pool's threads are then awake between loops, and parallel loops pay at sizes where
+    waking a sleeping workqueue thread cost more than it saved."""
+    blas = sys.modules.get("refnas.kernels.numba_blas")
+    return blas is not None and blas.sharing()

@@ -23,7 +23,8 @@ w = np.ones((4, 3, 3, 3), np.float32)
 kernel("conv2d_forward", "numba")(x, w, (1, 1), (1, 1), (1, 1), 1)
 kernel("relu_forward", "numba")(x)
 stats = {f.__name__: (sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values()))
-         for f in (numba_conv._im2col_planes, numba_elementwise._relu_forward_span)}
+         for f in (numba_conv._im2col_planes, numba_conv._im2col_parallel,
+                   numba_elementwise._relu_forward_span)}
 print(json.dumps(stats))
 """
 
@@ -35,8 +36,11 @@ def test_second_process_loads_the_cache_instead_of_compiling():
     second = subprocess.run([sys.executable, "-c", _CALLS], capture_output=True, text=True,
                             timeout=300, env=os.environ.copy())
     assert second.returncode == 0, second.stderr
-    for name, (hits, misses) in json.loads(second.stdout).items():
-        assert misses == 0 and hits >= 1, (name, hits, misses)
+    stats = json.loads(second.stdout)
+    assert all(misses == 0 for _, misses in stats.values()), stats
+    # the pack ran serially or in parallel (in parallel while BLAS shares Numba's pool)
+    assert stats["_im2col_planes"][0] + stats["_im2col_parallel"][0] >= 1, stats
+    assert stats["_relu_forward_span"][0] >= 1, stats
 
 
 def test_cache_index_files_exist_beside_the_kernels():
