@@ -48,7 +48,7 @@ from numba import uint64 as u64
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from refnas.kernels.numba_support import flat, scratch
+from refnas.kernels.numba_support import flat, pool_shared, scratch
 
 OUT_BLOCK = 4        # forward: output channels per register block
 POS_BLOCK = 24       # forward: flat output positions per block (three 8-float vectors)
@@ -105,11 +105,13 @@ _GRAD_SERIAL = types.void(_F32, _F32, _F32, _DIMS, types.int64, types.int64)
 # Planes onto the flat padded grid
 # --------------------------------------------------------------------------------------------
 @njit(cache=True)
-def _pad_planes(source, outer, inner, swap, h, w, top, left, pitch, length, target):
-    """Write the outer*inner planes (h x w, in (outer, inner) order) of ``source`` into
-    ``target`` (planes of ``length``, in (inner, outer) order when ``swap``), each at row ``top``
-    and column ``left`` of a grid of ``pitch`` columns, every other cell zero."""
-    for plane in range(outer * inner):
+def _pad_planes(source, outer, inner, swap, h, w, top, left, pitch, length, target, first,
+                last):
+    """Write planes [first, last) of the outer*inner planes (h x w, in (outer, inner) order) of
+    ``source`` into ``target`` (planes of ``length``, in (inner, outer) order when ``swap``),
+    each at row ``top`` and column ``left`` of a grid of ``pitch`` columns, every other cell
+    zero."""
+    for plane in range(first, last):
         place = (plane % inner) * outer + plane // inner if swap else plane
         out = target[place * length:(place + 1) * length]
         src = source[plane * h * w:(plane + 1) * h * w]
@@ -124,6 +126,23 @@ def _pad_planes(source, outer, inner, swap, h, w, top, left, pitch, length, targ
             end = pitch if r + 1 < h else length - (top + r) * pitch - left
             for k in range(end - w):
                 gap[k] = 0
+
+
+@njit(cache=True, parallel=True)
+def _pad_planes_parallel(source, outer, inner, swap, h, w, top, left, pitch, length, target):
+    for plane in prange(outer * inner):
+        _pad_planes(source, outer, inner, swap, h, w, top, left, pitch, length, target, plane,
+                    plane + 1)
+
+
+def _pad(source, outer, inner, swap, h, w, top, left, pitch, length, target):
+    """:func:`_pad_planes` over all planes: in parallel while BLAS shares Numba's pool (whose
+    threads are then awake; a ResNet-18 step took ~2% less), else on this thread."""
+    if pool_shared():
+        _pad_planes_parallel(source, outer, inner, swap, h, w, top, left, pitch, length, target)
+    else:
+        _pad_planes(source, outer, inner, swap, h, w, top, left, pitch, length, target, 0,
+                    outer * inner)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +311,7 @@ class _Grid:
         outside the image, and ``reach`` zeros after the last plane."""
         size = self.n * self.c * self.length
         xp = scratch(size + self.reach, np.float32, "direct input")
-        _pad_planes(flat(x), self.n, self.c, channel_major, self.h, self.w, self.ph,
+        _pad(flat(x), self.n, self.c, channel_major, self.h, self.w, self.ph,
                     self.pw, self.pitch, self.length, xp)
         xp[size:] = 0
         return xp
@@ -341,7 +360,7 @@ def weight_grad(x, gy, w_shape, padding, dilation):
     gw = np.zeros(tuple(w_shape), np.float32)
     if gy.size and x.size:
         gy_grid = scratch(grid.k * grid.n * grid.length, np.float32, "direct output gradient")
-        _pad_planes(flat(gy), grid.n, grid.k, True, grid.oh, grid.ow, 0, 0, grid.pitch,
+        _pad(flat(gy), grid.n, grid.k, True, grid.oh, grid.ow, 0, 0, grid.pitch,
                     grid.length, gy_grid)
         _weight_grad_parallel(grid.padded_input(x, channel_major=True), gy_grid,
                               gw.reshape(-1), grid.dims(grid.n, grid.n * grid.length, STRIP))

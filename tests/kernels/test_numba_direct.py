@@ -63,13 +63,16 @@ def test_direct_loops_equal_the_reference(data):
                  bound=weight_grad(np.abs(x), np.abs(gy), w_shape, *geometry))
 
 
+@pytest.mark.parametrize("parallel_pad", [True, False])
 @pytest.mark.parametrize("x_shape, w_shape", [((4, 16, 32, 32), (16, 16, 3, 3)),
                                               ((3, 3, 32, 32), (16, 3, 3, 3)),
                                               ((2, 32, 16, 16), (36, 32, 3, 3))])
-def test_direct_loops_at_workload_sizes(x_shape, w_shape):
+def test_direct_loops_at_workload_sizes(x_shape, w_shape, parallel_pad, monkeypatch):
     """ResNet-18-like layers through the registered Numba kernels, which take the direct path
-    there, in float32; the scratch planes of one layer do not leak into the next."""
+    there, in float32, with the planes padded in parallel (BLAS sharing the pool) or serially;
+    the scratch planes of one layer do not leak into the next."""
     direct = _direct()
+    monkeypatch.setattr(direct, "pool_shared", lambda: parallel_pad)
     rng = np.random.default_rng(7)
     geometry = ((1, 1), (1, 1), (1, 1), 1)
     x = rng.standard_normal(x_shape).astype(np.float32)
