@@ -30,7 +30,7 @@ from numba import njit, prange
 
 from refnas.backend import register_kernel
 from refnas.kernels import numba_direct as direct
-from refnas.kernels.numba_support import contiguous, pool_shared, same_float_dtype, scratch
+from refnas.kernels.numba_support import contiguous, same_float_dtype, scratch
 
 
 @njit(cache=True)
@@ -175,9 +175,14 @@ def _im2col_planes(x, dims, wide, table, cols, start, stop):
 
 
 @njit(cache=True, parallel=True)
-def _im2col_parallel(x, dims, wide, table, cols):
+def _planes_parallel(unpack, x, dims, wide, table, cols):
+    """im2col (x -> cols) or, when ``unpack``, col2im (cols -> x) with one (sample, channel)
+    plane per task. One parallel driver for both directions: each costs ~1 s to compile."""
     for task in prange(dims[0] * dims[1]):
-        _im2col_planes(x, dims, wide, table, cols, task, task + 1)
+        if unpack:
+            _col2im_planes(cols, dims, wide, table, x, task, task + 1)
+        else:
+            _im2col_planes(x, dims, wide, table, cols, task, task + 1)
 
 
 @njit(cache=True)
@@ -216,12 +221,6 @@ def _col2im_planes(cols, dims, wide, table, gx, start, stop):
             _unpack_plane(cols, base, row_step, dims, plane)
 
 
-@njit(cache=True, parallel=True)
-def _col2im_parallel(cols, dims, wide, table, gx):
-    for task in prange(dims[0] * dims[1]):
-        _col2im_planes(cols, dims, wide, table, gx, task, task + 1)
-
-
 # --------------------------------------------------------------------------------------------
 # Geometry, chunks and packing (Python)
 # --------------------------------------------------------------------------------------------
@@ -231,17 +230,14 @@ def _col2im_parallel(cols, dims, wide, table, gx):
 CHUNK_BYTES = 1 << 23
 
 # Packing runs in parallel only for column matrices past this many elements (a sample of a large
-# image) while BLAS keeps its own pool: a serial pack beside BLAS's polling threads was faster on
-# this 2-core machine (ResNet-18's convolutions took 125 ms per step with serial packing,
-# 150-200 ms with parallel packing). When BLAS shares Numba's pool (numba_blas) nothing polls
-# beside the pack, and packing every matrix in parallel made a ResNet-18 step 3-5% faster
-# (99 vs 103-105 ms, alternating in one process).
+# image). Below, a serial pack beside BLAS's own threads was faster on this 2-core machine:
+# ResNet-18's convolutions took 125 ms per step with serial packing, 150-200 ms with parallel
+# packing (each parallel region waits to wake its workers, while BLAS's threads spin). With BLAS
+# on Numba's pool (numba_blas), packing every float32 matrix in parallel made a ResNet-18 step
+# 3-5% faster, but its parallel driver added ~3 s to the cold compile of all kernels, which
+# then passed the 30 s goal; not done.
 PARALLEL_PACK_MIN_SIZE = 1 << 22
-SHARED_POOL_PACK_MIN_SIZE = 0
 
-
-def _pack_in_parallel(size: int) -> bool:
-    return size >= (SHARED_POOL_PACK_MIN_SIZE if pool_shared() else PARALLEL_PACK_MIN_SIZE)
 
 # Below this many output positions per sample, one product per sample is too thin for BLAS:
 # the forward and input-gradient products then take the samples of a chunk side by side.
@@ -319,8 +315,8 @@ class _Geometry:
                     if wide else cols)
         cols = buffer[:n * self.rows * self.length]
         args = (x.reshape(-1), self.dims(n), wide, self.table, cols)
-        if _pack_in_parallel(cols.size):
-            _im2col_parallel(*args)
+        if cols.size >= PARALLEL_PACK_MIN_SIZE:
+            _planes_parallel(False, *args)
         else:
             _im2col_planes(*args, 0, n * self.x_shape[1])
         return cols.reshape(self.rows, n * self.length) if wide else cols.reshape(
@@ -328,11 +324,12 @@ class _Geometry:
 
     def unpack(self, cols, wide: bool, gx):
         """col2im of columns, (n, K, L) or (K, n*L) when ``wide``, into gx (n, C, H, W)."""
-        args = (cols.reshape(-1), self.dims(gx.shape[0]), wide, self.table, gx.reshape(-1))
-        if _pack_in_parallel(cols.size):
-            _col2im_parallel(*args)
+        if cols.size >= PARALLEL_PACK_MIN_SIZE:
+            _planes_parallel(True, gx.reshape(-1), self.dims(gx.shape[0]), wide, self.table,
+                             cols.reshape(-1))
         else:
-            _col2im_planes(*args, 0, gx.shape[0] * gx.shape[1])
+            _col2im_planes(cols.reshape(-1), self.dims(gx.shape[0]), wide, self.table,
+                           gx.reshape(-1), 0, gx.shape[0] * gx.shape[1])
 
     def buffer(self, dtype):
         """Scratch space for one chunk's columns, reused from call to call."""

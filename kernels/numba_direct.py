@@ -128,18 +128,13 @@ def _pad_planes(source, outer, inner, swap, h, w, top, left, pitch, length, targ
                 gap[k] = 0
 
 
-@njit(cache=True, parallel=True)
-def _pad_planes_parallel(source, outer, inner, swap, h, w, top, left, pitch, length, target):
-    for plane in prange(outer * inner):
-        _pad_planes(source, outer, inner, swap, h, w, top, left, pitch, length, target, plane,
-                    plane + 1)
-
-
 def _pad(source, outer, inner, swap, h, w, top, left, pitch, length, target):
     """:func:`_pad_planes` over all planes: in parallel while BLAS shares Numba's pool (whose
     threads are then awake; a ResNet-18 step took ~2% less), else on this thread."""
     if pool_shared():
-        _pad_planes_parallel(source, outer, inner, swap, h, w, top, left, pitch, length, target)
+        _parallel(_PAD, source, _EMPTY, _EMPTY, _EMPTY, target,
+                  (outer, inner, int(swap), h, w, top, left, pitch, length, 0, 0),
+                  outer * inner)
     else:
         _pad_planes(source, outer, inner, swap, h, w, top, left, pitch, length, target, 0,
                     outer * inner)
@@ -188,13 +183,6 @@ def _forward_tasks(xf, wf, bias, gridf, yf, dims, first, last):
                 target = out + u64(i * ow)
                 for j in range(ow):
                     yf[target + u64(j)] = gridf[source + u64(j)] + shift
-
-
-@njit(cache=True, parallel=True)
-def _forward_parallel(xf, wf, bias, gridf, yf, dims):
-    n_tasks = (yf.size // (dims[1] * dims[2] * dims[3])) * ((dims[1] + OUT_BLOCK - 1) // OUT_BLOCK)
-    for task in prange(n_tasks):
-        _forward_tasks(xf, wf, bias, gridf, yf, dims, task, task + 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,12 +235,27 @@ def _weight_grad_tasks(xf, gf, gwf, dims, first, last):
                     gwf[u64(((k0 + kk) * c_in + c0 + cc) * taps + tap)] = total
 
 
+# --------------------------------------------------------------------------------------------
+# One parallel driver for the three loops: each parallel function costs about a second to
+# compile (Numba's parfor pipeline), and the cold compile of all kernels must stay under 30 s.
+# --------------------------------------------------------------------------------------------
+_PAD, _FORWARD, _WEIGHT_GRAD = 0, 1, 2
+_EMPTY = np.empty(0, np.float32)
+
+
 @njit(cache=True, parallel=True)
-def _weight_grad_parallel(xf, gf, gwf, dims):
-    n_tasks = (((dims[1] + GRAD_OUT_BLOCK - 1) // GRAD_OUT_BLOCK)
-               * ((dims[0] + GRAD_IN_BLOCK - 1) // GRAD_IN_BLOCK))
+def _parallel(kind, a, b, c, d, e, dims, n_tasks):
+    """Tasks 0..n_tasks-1 of one loop, one per iteration of a ``prange``: planes padded by
+    :func:`_pad_planes` (a -> e, dims = its nine integers), blocks of :func:`_forward_tasks`
+    (a..e = x, w, bias, grid, y) or of :func:`_weight_grad_tasks` (a, b, c = x, gy, gw)."""
     for task in prange(n_tasks):
-        _weight_grad_tasks(xf, gf, gwf, dims, task, task + 1)
+        if kind == _PAD:
+            _pad_planes(a, dims[0], dims[1], dims[2] != 0, dims[3], dims[4], dims[5], dims[6],
+                        dims[7], dims[8], e, task, task + 1)
+        elif kind == _FORWARD:
+            _forward_tasks(a, b, c, d, e, dims, task, task + 1)
+        else:
+            _weight_grad_tasks(a, b, c, dims, task, task + 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,9 +328,6 @@ class _Grid:
 STRIP = 256
 
 
-_NO_BIAS = np.empty(0, np.float32)
-
-
 def _convolve(x, w, bias, padding, dilation):
     """y (N, K, OH, OW) = w * x (+ bias), stride 1, by the register-blocked loop."""
     grid = _Grid(x.shape, w.shape, padding, dilation)
@@ -335,9 +335,10 @@ def _convolve(x, w, bias, padding, dilation):
     if y.size:
         k_padded = -(-grid.k // OUT_BLOCK) * OUT_BLOCK
         sums = scratch(grid.n * k_padded * grid.span, np.float32, "direct output")
-        _forward_parallel(grid.padded_input(x), flat(w),
-                          _NO_BIAS if bias is None else flat(bias), sums, y.reshape(-1),
-                          grid.dims(grid.oh, grid.ow, grid.span))
+        _parallel(_FORWARD, grid.padded_input(x), flat(w),
+                  _EMPTY if bias is None else flat(bias), sums, y.reshape(-1),
+                  grid.dims(grid.oh, grid.ow, grid.span),
+                  grid.n * (-(-grid.k // OUT_BLOCK)))
     return y
 
 
@@ -360,8 +361,9 @@ def weight_grad(x, gy, w_shape, padding, dilation):
     gw = np.zeros(tuple(w_shape), np.float32)
     if gy.size and x.size:
         gy_grid = scratch(grid.k * grid.n * grid.length, np.float32, "direct output gradient")
-        _pad(flat(gy), grid.n, grid.k, True, grid.oh, grid.ow, 0, 0, grid.pitch,
-                    grid.length, gy_grid)
-        _weight_grad_parallel(grid.padded_input(x, channel_major=True), gy_grid,
-                              gw.reshape(-1), grid.dims(grid.n, grid.n * grid.length, STRIP))
+        _pad(flat(gy), grid.n, grid.k, True, grid.oh, grid.ow, 0, 0, grid.pitch, grid.length,
+             gy_grid)
+        _parallel(_WEIGHT_GRAD, grid.padded_input(x, channel_major=True), gy_grid,
+                  gw.reshape(-1), _EMPTY, _EMPTY, grid.dims(grid.n, grid.n * grid.length, STRIP),
+                  (-(-grid.k // GRAD_OUT_BLOCK)) * (-(-grid.c // GRAD_IN_BLOCK)))
     return gw

@@ -61,47 +61,35 @@ def _relu_backward_span(g, x, out, start, stop):
         out[i] = g[i] if x[i] > 0 else 0
 
 
-@njit(cache=True, parallel=True)
-def _relu_forward_parallel(x, y):
-    for k in prange((x.size + CHUNK - 1) // CHUNK):
-        _relu_forward_span(x, y, k * CHUNK, min((k + 1) * CHUNK, x.size))
-
-
-@njit(cache=True, parallel=True)
-def _relu_backward_parallel(g, x, out):
-    for k in prange((x.size + CHUNK - 1) // CHUNK):
-        _relu_backward_span(g, x, out, k * CHUNK, min((k + 1) * CHUNK, x.size))
-
-
 def _relu_parallel_min_size() -> int:
     """PARALLEL_MIN_SIZE while BLAS shares Numba's (awake) pool, else never."""
     return PARALLEL_MIN_SIZE if pool_shared() else sys.maxsize
 
 
-def _map(span, *arrays: np.ndarray, parallel=None, parallel_min_size: int = 0) -> np.ndarray:
-    """Apply an elementwise kernel to flat views of ``arrays`` (one shape): the ``span``
-    function on one thread, or the ``parallel`` driver from ``parallel_min_size`` elements on;
-    the result has the arrays' shape."""
+def _map(span, *arrays: np.ndarray, kind: int, parallel_min_size: int) -> np.ndarray:
+    """Apply an elementwise kernel to flat views of ``arrays`` (one shape; (x,) or (g, x)): the
+    ``span`` function on one thread, or pass ``kind`` of :func:`_activation_parallel` from
+    ``parallel_min_size`` elements on; the result has the arrays' shape."""
     flats = [flat(a) for a in arrays]
     out = np.empty_like(flats[-1])
-    if parallel is None or out.size < parallel_min_size:
+    if out.size < parallel_min_size:
         span(*flats, out, 0, out.size)
     else:
-        parallel(*flats, out)
+        _activation_parallel(kind, flats[0], flats[-1], out)
     return out.reshape(arrays[-1].shape)
 
 
 @register_kernel("relu_forward", "numba", supports=_float_arrays)
 def relu_forward(x: np.ndarray) -> np.ndarray:
     """relu, one pass (Numba)."""
-    return _map(_relu_forward_span, x, parallel=_relu_forward_parallel,
+    return _map(_relu_forward_span, x, kind=_RELU_FORWARD,
                 parallel_min_size=_relu_parallel_min_size())
 
 
 @register_kernel("relu_backward", "numba", supports=_float_arrays)
 def relu_backward(g: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``g * (x > 0)``, one pass (Numba)."""
-    return _map(_relu_backward_span, g, x, parallel=_relu_backward_parallel,
+    return _map(_relu_backward_span, g, x, kind=_RELU_BACKWARD,
                 parallel_min_size=_relu_parallel_min_size())
 
 
@@ -116,12 +104,6 @@ def _gelu_forward_span(x, y, start, stop):
         y[i] = 0.5 * v * (1.0 + math.erf(v * _SQRT_HALF))
 
 
-@njit(cache=True, parallel=True)
-def _gelu_forward_parallel(x, y):
-    for k in prange((x.size + CHUNK - 1) // CHUNK):
-        _gelu_forward_span(x, y, k * CHUNK, min((k + 1) * CHUNK, x.size))
-
-
 @njit(cache=True)
 def _gelu_backward_span(g, x, out, start, stop):
     g, x, out = g[start:stop], x[start:stop], out[start:stop]
@@ -132,10 +114,25 @@ def _gelu_backward_span(g, x, out, start, stop):
         out[i] = g[i] * (cdf + v * pdf)
 
 
+# One parallel driver for the four activation passes: each parallel function costs about a
+# second to compile, and the cold compile of all kernels must stay under 30 s.
+_RELU_FORWARD, _RELU_BACKWARD, _GELU_FORWARD, _GELU_BACKWARD = 0, 1, 2, 3
+
+
 @njit(cache=True, parallel=True)
-def _gelu_backward_parallel(g, x, out):
+def _activation_parallel(kind, g, x, out):
+    """Pass ``kind`` over chunks of CHUNK values, one chunk per ``prange`` iteration (``g`` is
+    ignored by the forward passes)."""
     for k in prange((x.size + CHUNK - 1) // CHUNK):
-        _gelu_backward_span(g, x, out, k * CHUNK, min((k + 1) * CHUNK, x.size))
+        start, stop = k * CHUNK, min((k + 1) * CHUNK, x.size)
+        if kind == _RELU_FORWARD:
+            _relu_forward_span(x, out, start, stop)
+        elif kind == _RELU_BACKWARD:
+            _relu_backward_span(g, x, out, start, stop)
+        elif kind == _GELU_FORWARD:
+            _gelu_forward_span(x, out, start, stop)
+        else:
+            _gelu_backward_span(g, x, out, start, stop)
 
 
 # erf costs ~10 ns a value: the parallel loop pays off on 8x smaller inputs than relu's.
@@ -145,14 +142,14 @@ _GELU_PARALLEL_MIN_SIZE = PARALLEL_MIN_SIZE // 8
 @register_kernel("gelu_forward", "numba", supports=_float_arrays)
 def gelu_forward(x: np.ndarray) -> np.ndarray:
     """Exact GELU, one pass (Numba)."""
-    return _map(_gelu_forward_span, x, parallel=_gelu_forward_parallel,
+    return _map(_gelu_forward_span, x, kind=_GELU_FORWARD,
                 parallel_min_size=_GELU_PARALLEL_MIN_SIZE)
 
 
 @register_kernel("gelu_backward", "numba", supports=_float_arrays)
 def gelu_backward(g: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``g * (Phi(x) + x phi(x))``, one pass (Numba)."""
-    return _map(_gelu_backward_span, g, x, parallel=_gelu_backward_parallel,
+    return _map(_gelu_backward_span, g, x, kind=_GELU_BACKWARD,
                 parallel_min_size=_GELU_PARALLEL_MIN_SIZE)
 
 
@@ -187,15 +184,7 @@ def _ce_forward_rows(logits, target, weight, has_weight, eps, out, start, stop):
                 w_j = weight[j] if has_weight else 1.0
                 smooth += w_j * (logits[i, j] - m - log_total)
             loss = (1.0 - eps) * loss - eps * smooth / c
-        out[i] = loss
-
-
-@njit(cache=True, parallel=True)
-def _ce_forward_parallel(logits, target, weight, has_weight, eps, out):
-    n, rows = logits.shape[0], max(CHUNK // logits.shape[1], 1)
-    for k in prange((n + rows - 1) // rows):
-        _ce_forward_rows(logits, target, weight, has_weight, eps, out, k * rows,
-                         min((k + 1) * rows, n))
+        out[i, 0] = loss                  # out is (N, 1): the backward's layout, one driver
 
 
 @njit(cache=True)
@@ -217,11 +206,16 @@ def _ce_backward_rows(logits, target, weight, has_weight, eps, g, out, start, st
 
 
 @njit(cache=True, parallel=True)
-def _ce_backward_parallel(logits, target, weight, has_weight, eps, g, out):
+def _ce_parallel(backward, logits, target, weight, has_weight, eps, g, out):
+    """Rows of the loss (out (N, 1)) or, when ``backward``, of its gradient (out (N, C)), in
+    chunks over ``prange``: one parallel driver for both (each costs ~1 s to compile)."""
     n, rows = logits.shape[0], max(CHUNK // logits.shape[1], 1)
     for k in prange((n + rows - 1) // rows):
-        _ce_backward_rows(logits, target, weight, has_weight, eps, g, out, k * rows,
-                          min((k + 1) * rows, n))
+        start, stop = k * rows, min((k + 1) * rows, n)
+        if backward:
+            _ce_backward_rows(logits, target, weight, has_weight, eps, g, out, start, stop)
+        else:
+            _ce_forward_rows(logits, target, weight, has_weight, eps, out, start, stop)
 
 
 def _ce_supported(logits, target, weight, label_smoothing, *g) -> bool:
@@ -239,13 +233,14 @@ def _ce_arguments(logits, target, weight):
 def softmax_cross_entropy(logits, target, weight, label_smoothing):
     """Per-row fused softmax-cross-entropy (Numba)."""
     z, t, w = _ce_arguments(logits, target, weight)
-    out = np.empty(z.shape[0], z.dtype)
-    args = (z, t, w, weight is not None, float(label_smoothing), out)
+    out = np.empty((z.shape[0], 1), z.dtype)
     if z.size < PARALLEL_MIN_SIZE:
-        _ce_forward_rows(*args, 0, z.shape[0])
+        _ce_forward_rows(z, t, w, weight is not None, float(label_smoothing), out, 0,
+                         z.shape[0])
     else:
-        _ce_forward_parallel(*args)
-    return out
+        _ce_parallel(False, z, t, w, weight is not None, float(label_smoothing),
+                     np.empty(0, z.dtype), out)
+    return out[:, 0]
 
 
 @register_kernel("softmax_cross_entropy_backward", "numba", supports=_ce_supported)
@@ -257,7 +252,7 @@ def softmax_cross_entropy_backward(logits, target, weight, label_smoothing, g):
     if z.size < PARALLEL_MIN_SIZE:
         _ce_backward_rows(*args, 0, z.shape[0])
     else:
-        _ce_backward_parallel(*args)
+        _ce_parallel(True, *args)
     return out
 
 

@@ -42,7 +42,6 @@ def _conv_strategy(data) -> ExitStack:
     stack = ExitStack()
     for name, values in [("WIDE_BELOW", [0, 10**9]), ("CHUNK_BYTES", [1, 1 << 23]),
                          ("PARALLEL_PACK_MIN_SIZE", [0, 1 << 22]),
-                         ("SHARED_POOL_PACK_MIN_SIZE", [0, 1 << 22]),
                          ("GATHER_BELOW", [0, 10**9])]:
         stack.enter_context(mock.patch.object(numba_conv, name,
                                               data.draw(st.sampled_from(values), label=name)))
