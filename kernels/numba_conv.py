@@ -1,5 +1,8 @@
 r"""Numba + BLAS kernels for 2-D convolution: forward, input gradient, weight gradient.
 
+Stride-1, ungrouped float32 convolutions on maps of 64 or more outputs go to the direct loops
+of :mod:`refnas.kernels.numba_direct` (no im2col, no BLAS); everything else is done here.
+
 The arithmetic is matrix products done by the BLAS behind ``np.matmul`` (float32 sgemm, on every
 core); Numba does the memory work around them, one (sample, channel) plane per task (serially,
 or over ``prange``; see PARALLEL_PACK_MIN_SIZE):
