@@ -26,7 +26,7 @@ channels and taps: per tap, three vector loads of x and four broadcasts of w fee
 multiply-adds, and the sums are written out once per block. This is how oneDNN's direct kernels
 are laid out (Georganas et al. 2018, "Anatomy of high-performance deep learning convolutions on
 SIMD architectures"). The weight gradient blocks GRAD_OUT_BLOCK output channels x GRAD_IN_BLOCK
-input channels x LANES positions per tap and reduces the lanes once per (sample, tap).
+input channels x LANES positions per tap and adds up the lanes once per task.
 
 Two things make LLVM emit those loops as vector code, and both are load-bearing: the partial
 sums live in a fixed-size *stack* array (:func:`_stack_array`, so that LLVM can keep them in
@@ -85,13 +85,12 @@ def _slp_vectorisation():
         numba.config.SLP_VECTORIZE = previous
 
 
-def _compiled(signature, parallel=False):
+def _compiled(signature):
     """``@njit(signature, cache=True)``, compiled now (or loaded from the cache) with LLVM's SLP
     vectoriser on, and FMA contraction allowed (``fastmath={"contract"}``; no reassociation)."""
     def decorate(function):
         with _slp_vectorisation():
-            return njit(signature, cache=True, parallel=parallel,
-                        fastmath={"contract"})(function)
+            return njit(signature, cache=True, fastmath={"contract"})(function)
     return decorate
 
 
@@ -198,7 +197,9 @@ def _weight_grad_tasks(xf, gf, gwf, dims, first, last):
     It goes in strips of STRIP positions: all KH*KW taps sweep one strip while its few KB of gy
     and x are in the L1 cache (one sweep per tap over whole planes ran from L2 at about half
     the speed). Each (strip, tap) adds its register sums into the tap's lanes in ``totals``;
-    the lanes are added up once, at the end of the task."""
+    the lanes are added up once, at the end of the task. The positions past a row's end hold
+    gy = 0, so they add nothing, except that an infinite x there turns the sum into NaN where
+    the reference would give an infinite one."""
     c_in, k_out, n_samples, positions, pitch, kh, kw, dh, dw, length, strip = dims
     c_blocks = (c_in + GRAD_IN_BLOCK - 1) // GRAD_IN_BLOCK
     taps = kh * kw
@@ -276,7 +277,7 @@ def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype) ->
     convolution runs here: float32, stride 1, ungrouped, padding at most the kernel's reach
     (so that the input gradient's "full" padding is not negative), and maps and channels past
     the thresholds above."""
-    (n, c, h, w), (k, _, kh, kw), (dh, dw) = x_shape, w_shape, dilation
+    (_, c, h, w), (k, _, kh, kw), (dh, dw) = x_shape, w_shape, dilation
     if not (np.dtype(dtype) == np.float32 and tuple(stride) == (1, 1) and groups == 1
             and 0 <= padding[0] <= dh * (kh - 1) and 0 <= padding[1] <= dw * (kw - 1)):
         return False
@@ -302,10 +303,8 @@ class _Grid:
         self.ow = self.pitch - self.dw * (self.kw - 1)
         # how far past an output position its taps read
         self.reach = reach = (self.kh - 1) * self.dh * self.pitch + (self.kw - 1) * self.dw
-        # output planes on the grid: ``span`` positions for the forward's blocks, ``grid`` for
-        # the weight gradient's vectors (span is a multiple of LANES, so it covers both)
+        # output positions on the grid, whole blocks of the forward
         self.span = -(-self.oh * self.pitch // POS_BLOCK) * POS_BLOCK
-        self.grid = -(-self.oh * self.pitch // LANES) * LANES
         # a multiple of LANES, so that the weight gradient's vectors never straddle two planes
         self.length = -(-max((h + 2 * self.ph) * self.pitch, self.span + reach) // LANES) * LANES
 
@@ -314,8 +313,8 @@ class _Grid:
         outside the image, and ``reach`` zeros after the last plane."""
         size = self.n * self.c * self.length
         xp = scratch(size + self.reach, np.float32, "direct input")
-        _pad(flat(x), self.n, self.c, channel_major, self.h, self.w, self.ph,
-                    self.pw, self.pitch, self.length, xp)
+        _pad(flat(x), self.n, self.c, channel_major, self.h, self.w, self.ph, self.pw,
+             self.pitch, self.length, xp)
         xp[size:] = 0
         return xp
 
