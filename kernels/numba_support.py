@@ -19,12 +19,13 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # region (tens of microseconds on this 2-core virtual machine with the workqueue layer) costs
 # more than splitting a memory-bound pass saves.
 #
-# Kernels that move several bytes per arithmetic operation (relu, pooling, batch norm) run
-# serially at every size. Measured on this machine, interleaved in one process: relu forward on
-# 2^16 .. 2^24 float32 values was slower on two threads than on one at every size (one core
-# already saturates the memory bus), batch norm gained 10-25% on a quiet machine; and while
-# another process keeps the second core busy, a parallel region waits for its worker to be
-# scheduled: 60-70 us for an empty region, up to 12 ms (a scheduler tick) for a batch norm.
+# Kernels that move several bytes per arithmetic operation (pooling, batch norm; relu unless BLAS
+# shares Numba's pool, see :func:`pool_shared`) run serially at every size. Measured on this
+# machine under the workqueue layer, interleaved in one process: relu forward on 2^16 .. 2^24
+# float32 values was slower on two threads than on one at every size, batch norm gained 10-25% on
+# a quiet machine; and while another process keeps the second core busy, a parallel region waits
+# for its worker to be scheduled: 60-70 us for an empty region, up to 12 ms (a scheduler tick)
+# for a batch norm.
 PARALLEL_MIN_SIZE = 1 << 18
 
 # Elementwise parallel loops work on chunks of this many elements (cache-friendly, few tasks).
