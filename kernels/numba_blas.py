@@ -78,13 +78,14 @@ def _callback():
 
 
 def _openblas():
-    """(ctypes library, setter) of the OpenBLAS NumPy uses, when it has the callback API."""
+    """(ctypes library, callback setter, thread count) of the OpenBLAS NumPy calls, when it has
+    the callback API; else None."""
     try:
         import threadpoolctl
     except ImportError:
         return None
     for info in threadpoolctl.threadpool_info():
-        if info.get("internal_api") != "openblas":
+        if info.get("internal_api") != "openblas" or not _is_numpys(info["filepath"]):
             continue
         try:
             library = ctypes.CDLL(info["filepath"])
@@ -94,10 +95,10 @@ def _openblas():
                      "scipy_openblas_set_threads_callback_function",
                      "openblas_set_threads_callback_function"):
             setter = getattr(library, name, None)
-            if setter is not None and _is_numpys(info["filepath"]):
+            if setter is not None:
                 setter.argtypes = [ctypes.c_void_p]
                 setter.restype = None
-                return library, setter
+                return library, setter, info["num_threads"]
     return None
 
 
@@ -125,14 +126,10 @@ def share_with_blas(pool_size: int) -> bool:
     callback = _callback()                       # starts the pool (and picks its layer)
     if numba.threading_layer() not in SHAREABLE_LAYERS:
         return False
-    try:
+    library, setter, threads = found
+    if threads > pool_size:                      # threadpoolctl is there: _openblas used it
         import threadpoolctl
-        for info in threadpoolctl.threadpool_info():
-            if info.get("internal_api") == "openblas" and info["num_threads"] > pool_size:
-                threadpoolctl.threadpool_limits(pool_size, user_api="blas")
-    except ImportError:
-        pass
-    library, setter = found
+        threadpoolctl.threadpool_limits(pool_size, user_api="blas")
     setter(callback.address)
     _installed.append((library, setter, callback))        # keep the machine code alive
     return True

@@ -373,8 +373,8 @@ def set_num_threads(n: int) -> None:
     except ImportError:  # BLAS keeps its own default (all cores)
         return
     # BLAS's jobs on Numba's pool must all run at once: never more of them than the pool holds
-    if "numba" in sys.modules and sys.modules.get("refnas.kernels.numba_blas") is not None \
-            and sys.modules["refnas.kernels.numba_blas"].sharing():
+    from refnas.kernels.numba_support import pool_shared
+    if pool_shared():
         import numba
         n = min(n, numba.config.NUMBA_NUM_THREADS)
     threadpoolctl.threadpool_limits(n, user_api="blas")
