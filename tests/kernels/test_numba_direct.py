@@ -32,8 +32,10 @@ def _case(data):
                     for k, d in zip(kernel_hw, dilation))
     hw = tuple(max(d * (k - 1) + 1 - 2 * p, 1) + data.draw(st.integers(0, 9), label="extra")
                for k, p, d in zip(kernel_hw, padding, dilation))
-    x_shape = (data.draw(st.integers(1, 3), label="n"), data.draw(st.integers(1, 9), label="c"),
-               *hw)
+    # more than IN_CHUNK = 16 input channels now and then: interleaved planes are swept in
+    # chunks of channels; 8 samples make output rows of whole weight-gradient vectors
+    x_shape = (data.draw(st.sampled_from([1, 2, 3, 8]), label="n"),
+               data.draw(st.one_of(st.integers(1, 9), st.integers(17, 19)), label="c"), *hw)
     w_shape = (data.draw(st.integers(1, 9), label="k"), x_shape[1], *kernel_hw)
     out_hw = tuple(n + 2 * p - d * (k - 1) for n, k, p, d in zip(hw, kernel_hw, padding, dilation))
     return x_shape, w_shape, padding, dilation, out_hw
@@ -41,8 +43,16 @@ def _case(data):
 
 @given(data=st.data())
 def test_direct_loops_equal_the_reference(data):
+    """On planes of one sample or of all samples interleaved, whichever the map size would
+    choose."""
     direct = _direct()
     x_shape, w_shape, padding, dilation, out_hw = _case(data)
+    largest = data.draw(st.sampled_from([0, 10 ** 6]), label="interleave up to")
+    with mock.patch.dict(direct.INTERLEAVE_MAX, forward=largest, weight_grad=largest):
+        _check_direct_loops(data, direct, x_shape, w_shape, padding, dilation, out_hw)
+
+
+def _check_direct_loops(data, direct, x_shape, w_shape, padding, dilation, out_hw):
     geometry = ((1, 1), padding, dilation, 1)
     x, w = (np.ascontiguousarray(normal(data, s, np.float32)) for s in (x_shape, w_shape))
     gy = np.ascontiguousarray(normal(data, (x_shape[0], w_shape[0], *out_hw), np.float32))
@@ -66,10 +76,12 @@ def test_direct_loops_equal_the_reference(data):
 @pytest.mark.parametrize("parallel_pad", [True, False])
 @pytest.mark.parametrize("x_shape, w_shape", [((4, 16, 32, 32), (16, 16, 3, 3)),
                                               ((3, 3, 32, 32), (16, 3, 3, 3)),
-                                              ((2, 32, 16, 16), (36, 32, 3, 3))])
+                                              ((2, 32, 16, 16), (36, 32, 3, 3)),
+                                              ((32, 64, 8, 8), (64, 64, 3, 3)),
+                                              ((32, 128, 4, 4), (128, 128, 3, 3))])
 def test_direct_loops_at_workload_sizes(x_shape, w_shape, parallel_pad, monkeypatch):
     """ResNet-18-like layers through the registered Numba kernels, which take the direct path
-    there, in float32, with the planes padded in parallel (BLAS sharing the pool) or serially;
+    there (the 8x8 and 4x4 maps on interleaved planes), in float32, with the planes padded in parallel (BLAS sharing the pool) or serially;
     the scratch planes of one layer do not leak into the next."""
     direct = _direct()
     monkeypatch.setattr(direct, "pool_shared", lambda: parallel_pad)
@@ -93,9 +105,9 @@ def test_direct_loops_at_workload_sizes(x_shape, w_shape, parallel_pad, monkeypa
 
 
 def test_the_numba_kernels_hand_the_direct_loops_their_convolutions():
-    """Float32, stride 1, ungrouped convolutions on maps of at least MIN_POSITIONS (64) outputs
-    go to the direct loops; float64, strided, grouped, over-padded, small-map and few-channel
-    ones stay with im2col."""
+    """Float32, stride 1, ungrouped convolutions with at least MIN_POSITIONS (64) outputs on
+    their planes (a sample's map, or all samples' interleaved maps) go to the direct loops;
+    float64, strided, grouped, over-padded, small and few-channel ones stay with im2col."""
     direct = _direct()
     calls = []
     spies = {name: (lambda name, real: lambda *a, **k: calls.append(name) or real(*a, **k))(
@@ -124,7 +136,9 @@ def test_the_numba_kernels_hand_the_direct_loops_their_convolutions():
     assert run((2, 8, 8, 8), (8, 8, 3, 3)) == ["forward", "input_grad", "weight_grad"]
     assert run((2, 8, 8, 8), (8, 8, 3, 3), keep_columns=False) == [
         "forward", "input_grad", "weight_grad"]
-    assert run((2, 8, 7, 8), (8, 8, 3, 3)) == []                                # 56 outputs
+    assert run((1, 8, 7, 8), (8, 8, 3, 3)) == []                                # 56 outputs
+    assert run((4, 8, 4, 4), (8, 8, 3, 3)) == ["forward", "input_grad", "weight_grad"]  # 4 x 16
+    assert run((3, 8, 4, 4), (8, 8, 3, 3)) == []                                # 3 x 16
     assert run((2, 1, 16, 16), (8, 1, 3, 3)) == ["forward"]                     # 1 input channel
     assert run((2, 8, 16, 16), (2, 8, 3, 3)) == ["input_grad"]                  # 2 outputs
 
