@@ -358,7 +358,8 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None, keep_colu
     """
     x, w = contiguous(x), contiguous(w)
     if direct.applies("forward", x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
-        y = direct.forward(x, w, None if bias is None else contiguous(bias), padding, dilation)
+        y = direct.forward(x, w, None if bias is None else contiguous(bias), padding, dilation,
+                           stride)
         return (y, None) if keep_columns else y
     geometry = _Geometry(x.shape, w.shape, stride, padding, dilation, groups)
     n, o, g = x.shape[0], w.shape[0], geometry.groups
@@ -400,7 +401,7 @@ def conv2d_weight_grad(x, gy, weight_shape, stride, padding, dilation, groups, c
     x, gy = contiguous(x), contiguous(gy)
     if direct.applies("weight_grad", x.shape, weight_shape, stride, padding, dilation, groups,
                       x.dtype):
-        return direct.weight_grad(x, gy, weight_shape, padding, dilation)
+        return direct.weight_grad(x, gy, weight_shape, padding, dilation, stride)
     geometry = _Geometry(x.shape, weight_shape, stride, padding, dilation, groups, gy.shape[2:])
     o, g = gy.shape[1], geometry.groups
     gw = np.zeros((g, o // g, geometry.rows // g), x.dtype)

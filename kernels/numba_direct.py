@@ -40,6 +40,7 @@ Measured on this 2-core AMD EPYC (AVX2), one core, ResNet-18's 16- and 32-channe
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numba
 import numpy as np
@@ -96,94 +97,94 @@ def _compiled(signature):
 
 
 _F32 = types.float32[::1]
+_I64 = types.int64[::1]
 _DIMS = types.UniTuple(types.int64, 13)
-_FORWARD_SERIAL = types.void(_F32, _F32, _F32, _F32, _F32, _DIMS, types.int64, types.int64)
-_GRAD_SERIAL = types.void(_F32, _F32, _F32, _DIMS, types.int64, types.int64)
+_FORWARD_SERIAL = types.void(_F32, _F32, _F32, _F32, _F32, _I64, _DIMS, types.int64,
+                             types.int64)
+_GRAD_SERIAL = types.void(_F32, _F32, _F32, _I64, _DIMS, types.int64, types.int64)
 
 
 # --------------------------------------------------------------------------------------------
 # Planes onto the flat padded grid
 # --------------------------------------------------------------------------------------------
-@njit(cache=True)
-def _pad_planes(source, outer, inner, swap, h, w, top, left, pitch, length, target, first,
-                last):
-    """Write planes [first, last) of the outer*inner planes (h x w, in (outer, inner) order) of
-    ``source`` into ``target`` (planes of ``length``, in (inner, outer) order when ``swap``),
-    each at row ``top`` and column ``left`` of a grid of ``pitch`` columns, every other cell
-    zero."""
-    for plane in range(first, last):
-        place = (plane % inner) * outer + plane // inner if swap else plane
-        out = target[place * length:(place + 1) * length]
-        src = source[plane * h * w:(plane + 1) * h * w]
-        for k in range(top * pitch + left):
-            out[k] = 0
-        for r in range(h):
-            row = out[(top + r) * pitch + left:]
-            line = src[r * w:(r + 1) * w]
-            for k in range(w):
-                row[k] = line[k]
-            gap = row[w:]
-            end = pitch if r + 1 < h else length - (top + r) * pitch - left
-            for k in range(end - w):
-                gap[k] = 0
+@njit(cache=True, inline="always")
+def _phase_plane(src, target, base, step, h, w, top, left, sh, sw, rows, cols, phases, zeroed):
+    """Write one h x w plane ``src`` as its phase planes: phase f = (alpha, beta) holds, at row
+    r and column m, the padded plane's cell (r*sh + alpha, m*sw + beta), i.e. the input cell
+    (r*sh + alpha - top, m*sw + beta - left) or zero outside the image. Cell (f, r, m) goes to
+    target[base + ((f*rows + r)*cols + m)*step]; the zeros are not written when the target is
+    ``zeroed`` already. (Unsigned indices: Numba's negative-index checks had made this four
+    times slower than the copy it replaced.)"""
+    for f in range(phases.size // 2):
+        alpha, beta = phases[2 * f], phases[2 * f + 1]
+        # the columns m whose input column lies inside the image
+        m0 = min(cols, max(0, (left - beta + sw - 1) // sw))
+        m1 = max(m0, min(cols, (w + left - beta + sw - 1) // sw))
+        for r in range(rows):
+            out = u64(base + (f * rows + r) * cols * step)
+            a = r * sh + alpha - top
+            inside = 0 <= a < h
+            if not zeroed:
+                for m in range(m0 if inside else cols):
+                    target[out + u64(m * step)] = 0
+            if not inside:
+                continue
+            first = u64(a * w + m0 * sw + beta - left)
+            if step == 1 and sw == 1:                     # a plain copy (vectorised)
+                start = out + u64(m0)
+                for m in range(m1 - m0):
+                    target[start + u64(m)] = src[first + u64(m)]
+            else:
+                for m in range(m1 - m0):
+                    target[out + u64((m0 + m) * step)] = src[first + u64(m * sw)]
+            if not zeroed:
+                for m in range(m1, cols):
+                    target[out + u64(m * step)] = 0
 
 
 @njit(cache=True)
-def _interleave_planes(source, samples, channels, h, w, top, left, pitch, length, target,
-                       first, last):
-    """Write channels [first, last) of ``source`` (samples, channels, h, w) into ``target``, one
-    plane of ``length`` per channel, with the samples interleaved: cell (r, col) of sample n at
-    ((top + r) * pitch + left + col) * samples + n, every other value zero."""
-    for c in range(first, last):
-        out = target[c * length:(c + 1) * length]
-        out[:] = 0
-        for n in range(samples):
-            src = source[(n * channels + c) * h * w:(n * channels + c + 1) * h * w]
-            for r in range(h):
-                row = out[((top + r) * pitch + left) * samples + n:]
-                line = src[r * w:(r + 1) * w]
-                for k in range(w):
-                    row[k * samples] = line[k]
-
-
-def _pad(source, outer, inner, swap, h, w, top, left, pitch, length, target, interleave=False):
-    """:func:`_pad_planes` (or, with ``interleave``, :func:`_interleave_planes` of outer samples
-    of inner channels) over all planes: in parallel while BLAS shares Numba's pool (whose
-    threads are then awake; a ResNet-18 step took ~2% less), else on this thread."""
-    kind, tasks = (_INTERLEAVE, inner) if interleave else (_PAD, outer * inner)
-    if pool_shared():
-        _parallel(kind, source, _EMPTY, _EMPTY, _EMPTY, target,
-                  (outer, inner, int(swap), h, w, top, left, pitch, length, 0, 0, 0, 0), tasks)
-    elif interleave:
-        _interleave_planes(source, outer, inner, h, w, top, left, pitch, length, target, 0,
-                           tasks)
-    else:
-        _pad_planes(source, outer, inner, swap, h, w, top, left, pitch, length, target, 0,
-                    tasks)
+def _pad_planes(source, dims, phases, target, first, last):
+    """Tasks [first, last) of writing the (samples, channels) planes of ``source`` onto the
+    grid (:class:`_Grid`): one task per plane, each to its own ``length`` of ``target`` (in
+    (channel, sample) order when ``swap``), or, with ``lanes`` > 1, one task per channel, whose
+    samples are interleaved in one ``length``. Every value that is no input cell is zero."""
+    samples, channels, h, w, top, left, sh, sw, rows, cols, lanes, length, swap = dims
+    used = phases.size // 2 * rows * cols * lanes
+    for task in range(first, last):
+        if lanes > 1:        # zeroing the plane at once beat writing the zeros sample by sample
+            c = task
+            target[c * length:(c + 1) * length] = 0
+            for n in range(samples):
+                plane = n * channels + c
+                _phase_plane(source[plane * h * w:(plane + 1) * h * w], target,
+                             c * length + n, lanes, h, w, top, left, sh, sw, rows, cols, phases,
+                             True)
+        else:
+            n, c = task // channels, task % channels
+            place = c * samples + n if swap else task
+            target[place * length + used:(place + 1) * length] = 0
+            _phase_plane(source[task * h * w:(task + 1) * h * w], target, place * length, 1,
+                         h, w, top, left, sh, sw, rows, cols, phases, False)
 
 
 # --------------------------------------------------------------------------------------------
 # Forward (and, with the kernel flipped, input gradient)
 # --------------------------------------------------------------------------------------------
 @_compiled(_FORWARD_SERIAL)
-def _forward_tasks(xf, wf, bias, gridf, yf, dims, first, last):
+def _forward_tasks(xf, wf, bias, gridf, yf, offsets, dims, first, last):
     """Tasks [first, last) of (plane group n, block of OUT_BLOCK output channels): y = w * x (+ b).
 
-    A plane holds one sample, or all N samples interleaved (``lanes`` = N, see :class:`_Grid`);
-    then there is one plane group and the outputs are swept row by row, skipping the padding
-    columns. The blocks of partial sums are stored whole, as vectors, into the task's own
-    planes of the flat grid ``gridf``; the valid positions are copied out to y once the task's
-    planes are done (still in cache). Storing only the valid positions of each block, position
-    by position, had cost as much as the arithmetic on 16-channel layers."""
-    c_in, k_out, oh, ow, pitch, kh, kw, dh, dw, length, span, lanes, rows = dims
+    Tap t of the kernel reads the input ``offsets[t]`` past the output position (see
+    :class:`_Grid`). A plane holds one sample, or all N samples interleaved (``lanes`` = N);
+    then there is one plane group and the outputs are swept row by row (``rows`` > 1),
+    skipping the padding columns. The blocks of partial sums are stored whole, as vectors, into
+    the task's own planes of the flat grid ``gridf``; the valid positions are copied out to y
+    once the task's planes are done (still in cache). Storing only the valid positions of each
+    block, position by position, had cost as much as the arithmetic on 16-channel layers."""
+    c_in, k_out, oh, ow, pitch, taps, length, span, lanes, rows, chunk, _, _ = dims
     k_blocks = (k_out + OUT_BLOCK - 1) // OUT_BLOCK
-    taps = kh * kw
     # one sweep over every row (the row ends computed and dropped), or one per row
     run = oh * pitch if rows == 1 else ow * lanes
-    # interleaved planes are N times longer: sweep them IN_CHUNK channels at a time, so that
-    # the rows under a block stay in L1 from one tap to the next (8x8 and 4x4 maps: 115 and
-    # 90 GFLOP/s in one sweep, 150 and 140 in chunks of 16; 8 and 32 were no better)
-    chunk = IN_CHUNK if lanes > 1 else c_in
     sums = numba.carray(_stack_array(_FORWARD_SUMS, xf.dtype), (_FORWARD_SUMS,))
     for task in range(first, last):
         n, k0 = task // k_blocks, (task % k_blocks) * OUT_BLOCK
@@ -200,16 +201,15 @@ def _forward_tasks(xf, wf, bias, gridf, yf, dims, first, last):
                                 sums[kk * POS_BLOCK + t] = gridf[planes + u64(kk * span + o0 + t)]
                     for c in range(c0, min(c0 + chunk, c_in)):
                         plane = u64((n * c_in + c) * length + o0)
-                        for p in range(kh):
-                            for q in range(kw):
-                                row = plane + u64(p * dh * pitch + q * dw * lanes)
-                                for kk in range(OUT_BLOCK):
-                                    # a block past the last channel reads channel K-1, then is
-                                    # dropped
-                                    k = min(k0 + kk, k_out - 1)
-                                    weight = wf[u64((k * c_in + c) * taps + p * kw + q)]
-                                    for t in range(POS_BLOCK):
-                                        sums[kk * POS_BLOCK + t] += weight * xf[row + u64(t)]
+                        for tap in range(taps):
+                            row = plane + u64(offsets[u64(tap)])
+                            for kk in range(OUT_BLOCK):
+                                # a block past the last channel reads channel K-1, then is
+                                # dropped
+                                k = min(k0 + kk, k_out - 1)
+                                weight = wf[u64((k * c_in + c) * taps + tap)]
+                                for t in range(POS_BLOCK):
+                                    sums[kk * POS_BLOCK + t] += weight * xf[row + u64(t)]
                     for kk in range(OUT_BLOCK):
                         for t in range(POS_BLOCK):
                             gridf[planes + u64(kk * span + o0 + t)] = sums[kk * POS_BLOCK + t]
@@ -232,22 +232,22 @@ def _forward_tasks(xf, wf, bias, gridf, yf, dims, first, last):
 # Weight gradient
 # --------------------------------------------------------------------------------------------
 @_compiled(_GRAD_SERIAL)
-def _weight_grad_tasks(xf, gf, gwf, dims, first, last):
+def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
     """Tasks [first, last) of (block of GRAD_OUT_BLOCK output channels, block of GRAD_IN_BLOCK
-    input channels): gw[k, c, p, q] = sum over samples and positions of gy * shifted x.
+    input channels): gw[k, c, tap] = sum over samples and positions of gy * x at the tap's
+    offset.
 
-    Here x and gy are laid out channel-major: all samples of a channel are one flat range of
-    ``stride`` values, (N, C) planes of ``length`` one after another, or one plane of N
+    Here x and gy are laid out channel-major: all samples of a channel are one flat range
+    (``x_stride`` and ``g_stride`` apart), (N, C) planes one after another, or one plane of N
     interleaved samples. The positions are swept in ``rows`` runs of ``run`` values, ``pitch``
-    apart. It goes in strips of STRIP positions: all KH*KW taps sweep one strip while its few
-    KB of gy and x are in the L1 cache (one sweep per tap over whole planes ran from L2 at
-    about half the speed). Each (strip, tap) adds its register sums into the tap's lanes in
-    ``totals``; the lanes are added up once, at the end of the task. Positions outside the
-    output hold gy = 0, so they add nothing, except that an infinite x there turns the sum into
-    NaN where the reference would give an infinite one."""
-    c_in, k_out, rows, run, pitch, kh, kw, dh, dw, stride, strip, lanes, _ = dims
+    apart. It goes in strips of STRIP positions: all taps sweep one strip while its few KB of
+    gy and x are in the L1 cache (one sweep per tap over whole planes ran from L2 at about half
+    the speed). Each (strip, tap) adds its register sums into the tap's lanes in ``totals``;
+    the lanes are added up once, at the end of the task. Positions outside the output hold
+    gy = 0, so they add nothing, except that an infinite x there turns the sum into NaN where
+    the reference would give an infinite one."""
+    c_in, k_out, rows, run, pitch, taps, x_stride, g_stride, strip, _, _, _, _ = dims
     c_blocks = (c_in + GRAD_IN_BLOCK - 1) // GRAD_IN_BLOCK
-    taps = kh * kw
     sums = numba.carray(_stack_array(_GRAD_SUMS, xf.dtype), (_GRAD_SUMS,))
     totals = np.empty(taps * _GRAD_SUMS, xf.dtype)
     for task in range(first, last):
@@ -257,16 +257,16 @@ def _weight_grad_tasks(xf, gf, gwf, dims, first, last):
             end = r * pitch + run
             for o0 in range(r * pitch, end, strip):
                 for tap in range(taps):
-                    shift = u64((tap // kw) * dh * pitch + (tap % kw) * dw * lanes)
+                    shift = u64(offsets[u64(tap)])
                     for s in range(_GRAD_SUMS):
                         sums[s] = 0
                     for o in range(o0, min(o0 + strip, end), LANES):
                         for kk in range(GRAD_OUT_BLOCK):
                             # blocks past the last channel read channel K-1 (or C-1), and
                             # their sums are dropped
-                            g_row = u64(min(k0 + kk, k_out - 1) * stride + o)
+                            g_row = u64(min(k0 + kk, k_out - 1) * g_stride + o)
                             for cc in range(GRAD_IN_BLOCK):
-                                x_row = shift + u64(min(c0 + cc, c_in - 1) * stride + o)
+                                x_row = shift + u64(min(c0 + cc, c_in - 1) * x_stride + o)
                                 base = (kk * GRAD_IN_BLOCK + cc) * LANES
                                 for lane in range(LANES):
                                     sums[base + lane] += gf[g_row + u64(lane)] * xf[x_row + u64(lane)]
@@ -287,27 +287,145 @@ def _weight_grad_tasks(xf, gf, gwf, dims, first, last):
 # One parallel driver for the three loops: each parallel function costs about a second to
 # compile (Numba's parfor pipeline), and the cold compile of all kernels must stay under 30 s.
 # --------------------------------------------------------------------------------------------
-_PAD, _FORWARD, _WEIGHT_GRAD, _INTERLEAVE = 0, 1, 2, 3
+_PAD, _FORWARD, _WEIGHT_GRAD = 0, 1, 2
 _EMPTY = np.empty(0, np.float32)
 
 
 @njit(cache=True, parallel=True)
-def _parallel(kind, a, b, c, d, e, dims, n_tasks):
+def _parallel(kind, a, b, c, d, e, ints, dims, n_tasks):
     """Tasks 0..n_tasks-1 of one loop, one per iteration of a ``prange``: planes padded by
-    :func:`_pad_planes` or :func:`_interleave_planes` (a -> e, dims = :func:`_pad`'s nine
-    integers), blocks of :func:`_forward_tasks`
-    (a..e = x, w, bias, grid, y) or of :func:`_weight_grad_tasks` (a, b, c = x, gy, gw)."""
+    :func:`_pad_planes` (a -> e, ints = the phases), blocks of :func:`_forward_tasks` (a..e = x,
+    w, bias, grid, y; ints = the tap offsets) or of :func:`_weight_grad_tasks` (a, b, c = x,
+    gy, gw)."""
     for task in prange(n_tasks):
         if kind == _PAD:
-            _pad_planes(a, dims[0], dims[1], dims[2] != 0, dims[3], dims[4], dims[5], dims[6],
-                        dims[7], dims[8], e, task, task + 1)
-        elif kind == _INTERLEAVE:
-            _interleave_planes(a, dims[0], dims[1], dims[3], dims[4], dims[5], dims[6], dims[7],
-                               dims[8], e, task, task + 1)
+            _pad_planes(a, dims, ints, e, task, task + 1)
         elif kind == _FORWARD:
-            _forward_tasks(a, b, c, d, e, dims, task, task + 1)
+            _forward_tasks(a, b, c, d, e, ints, dims, task, task + 1)
         else:
-            _weight_grad_tasks(a, b, c, dims, task, task + 1)
+            _weight_grad_tasks(a, b, c, ints, dims, task, task + 1)
+
+
+# --------------------------------------------------------------------------------------------
+# The grid
+# --------------------------------------------------------------------------------------------
+class _Grid:
+    r"""Where the direct loops find x (N, C, H, W) for a convolution by w (K, C, KH, KW).
+
+    **Phase planes.** With stride s, output (i, j) and tap (p, q) read the padded input at
+    (s_h i + p d_h, s_w j + q d_w). Split the padded plane into its s_h*s_w *phases* (every
+    s-th row and column, from offsets (alpha, beta)), and that cell is cell
+    (i + \lfloor p d_h / s_h \rfloor, j + \lfloor q d_w / s_w \rfloor) of phase
+    (p d_h mod s_h, q d_w mod s_w): a stride-1 read. So each tap is one fixed offset from the
+    output position, ``offsets[tap]``, and the same loops serve every stride; only the phases
+    some tap reads are stored. (With stride 1 there is one phase, the padded plane.)
+
+    **Layouts.** Either one plane per (sample, channel), or, with ``interleave``, one plane per
+    channel holding all N samples interleaved: value (row, col, n) at (row * cols + col) * N + n.
+    Then each output row is a run of OW * N values, so whole blocks fit in the row and the
+    padding columns need not be computed: on 8x8 maps, 97% of the computed positions are
+    outputs instead of 67%, and 4x4 maps become worth it. Strided convolutions always
+    interleave (their output rows do not continue into the next one's input row otherwise)."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, dilation, interleave):
+        (self.n, self.c, self.h, self.w), (self.k, _, kh, kw) = x_shape, w_shape
+        (sh, sw), (self.ph, self.pw), (dh, dw) = stride, padding, dilation
+        self.stride = (sh, sw)
+        self.oh = (self.h + 2 * self.ph - dh * (kh - 1) - 1) // sh + 1
+        self.ow = (self.w + 2 * self.pw - dw * (kw - 1) - 1) // sw + 1
+        self.lanes = self.n if interleave else 1
+        self.groups = 1 if interleave else self.n            # plane groups: samples, or one
+        reads = [(p * dh, q * dw) for p in range(kh) for q in range(kw)]
+        phases = sorted({(a % sh, b % sw) for a, b in reads})
+        self.phases = np.array(phases, np.int64).reshape(-1)
+        self.rows = self.oh + max(a // sh for a, _ in reads)   # of a phase plane
+        self.cols = self.ow + max(b // sw for _, b in reads)
+        self.pitch = self.cols * self.lanes                   # values from row to row
+        phase_length = self.rows * self.pitch
+        self.offsets = np.array([phases.index((a % sh, b % sw)) * phase_length
+                                 + a // sh * self.pitch + b // sw * self.lanes
+                                 for a, b in reads], np.int64)
+        self.reach = reach = int(self.offsets.max())         # how far past an output taps read
+        # the forward sweeps interleaved planes row by row, unless a row's blocks would reach
+        # into the next row's (blocks summed in chunks of channels must not overlap)
+        row_blocks = -(-self.ow * self.lanes // POS_BLOCK) * POS_BLOCK
+        self.sweeps = self.oh if interleave and row_blocks <= self.pitch else 1
+        end = (self.oh - 1) * self.pitch + row_blocks if self.sweeps > 1 else \
+            self.oh * self.pitch
+        self.span = -(-end // POS_BLOCK) * POS_BLOCK          # output positions, whole blocks
+        # a multiple of LANES, so that the weight gradient's vectors never straddle two planes
+        self.length = -(-max(len(phases) * phase_length, self.span + reach) // LANES) * LANES
+        # the output gradient's planes: rows of the same pitch; as long as x's when the weight
+        # gradient sweeps all samples' planes in one run
+        self.g_rows = self.oh if interleave else self.rows
+        self.g_length = -(-self.g_rows * self.pitch // LANES) * LANES if interleave else \
+            self.length
+
+    def _pad(self, a, phases, dims, tasks, slot, size):
+        # the phase planes of a sample must fit in its length (else tasks would race)
+        assert phases.size // 2 * dims[8] * dims[9] * dims[10] <= dims[11], (dims, phases)
+        target = scratch(size + self.reach, np.float32, slot)
+        if pool_shared():     # the pool's threads are awake: a ResNet-18 step took ~2% less
+            _parallel(_PAD, flat(a), _EMPTY, _EMPTY, _EMPTY, target, phases, dims, tasks)
+        else:
+            _pad_planes(flat(a), dims, phases, target, 0, tasks)
+        target[size:] = 0
+        return target
+
+    def padded_input(self, x, channel_major=False):
+        """x on the grid: its phase planes, (N, C) planes of ``length`` ((C, N) when
+        ``channel_major``, or C interleaved planes), and ``reach`` zeros after the last."""
+        planes = self.c * self.groups
+        dims = (self.n, self.c, self.h, self.w, self.ph, self.pw, *self.stride, self.rows,
+                self.cols, self.lanes, self.length, int(channel_major))
+        return self._pad(x, self.phases, dims, planes, "direct input", planes * self.length)
+
+    def output_gradient(self, gy):
+        """gy (N, K, OH, OW) on the output positions of the grid, channel-major."""
+        planes = self.k * self.groups
+        dims = (self.n, self.k, self.oh, self.ow, 0, 0, 1, 1, self.g_rows, self.cols, self.lanes,
+                self.g_length, 1)
+        return self._pad(gy, _ONE_PHASE, dims, planes, "direct output gradient",
+                         planes * self.g_length)
+
+    def forward_dims(self):
+        # interleaved planes are N times longer: sweep them a chunk of channels at a time, so
+        # that the rows under a block stay in L1 from one tap to the next (8x8 and 4x4 maps:
+        # 115 and 90 GFLOP/s in one sweep, 150 and 140 in chunks of 16; 8 and 32 were no
+        # better); each phase plane adds its own rows (stride 2, 4 phases: chunks of 4 took
+        # 0.95, 0.75 and 0.78 ms on ResNet-18's three strided 3x3 layers, chunks of 16 1.2,
+        # 0.95 and 0.89)
+        chunk = max(1, IN_CHUNK // (self.phases.size // 2)) if self.lanes > 1 else self.c
+        return (self.c, self.k, self.oh, self.ow, self.pitch, self.offsets.size, self.length,
+                self.span, self.lanes, self.sweeps, chunk, 0, 0)
+
+
+_ONE_PHASE = np.zeros(2, np.int64)
+
+
+@functools.lru_cache(maxsize=512)
+def _grid(x_shape, w_shape, stride, padding, dilation, interleave) -> _Grid:
+    """The :class:`_Grid` of a convolution, made once per geometry (making one takes tens of
+    microseconds of Python, a few percent of a small layer's time)."""
+    return _Grid(x_shape, w_shape, stride, padding, dilation, interleave)
+
+
+def _ints(pair) -> tuple[int, int]:
+    return int(pair[0]), int(pair[1])
+
+# the weight gradient's strips of positions (a multiple of LANES)
+STRIP = 256
+
+# Stride-1 maps of at most this many positions (per sample) go on interleaved planes. Measured
+# on this machine, 2 threads, GFLOP/s of one-plane-per-sample / interleaved planes: forward
+# 16x16 146 / 127, 8x8 114 / 150; weight gradient 32x32 116 / 97, 16x16 117 / 134, 8x8 - / 140.
+INTERLEAVE_MAX = {"forward": 64, "weight_grad": 256}
+
+
+def _interleaves(kind, n, h, w, stride=(1, 1)) -> bool:
+    """Whether the ``kind`` ("forward", which serves the input gradient too, or "weight_grad")
+    of a convolution of n samples of h x w maps runs on interleaved planes."""
+    return tuple(stride) != (1, 1) or (h * w <= INTERLEAVE_MAX[kind] and n > 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,24 +435,28 @@ def _parallel(kind, a, b, c, d, e, dims, n_tasks):
 # same pool, whole training steps alternating between thresholds in one process): handing them
 # every map of at least 64 outputs made a ResNet-18 step 87.5 instead of 91.3 ms (256 outputs)
 # and a CNN-S step 9.0 instead of 11.2 ms; taking the 4x4 maps too (16) was slower again (91.3
-# against 88.6 ms): their padded planes are 2.25x the map. Blocks of output channels (input
-# channels, for the weight gradient) are filled up with copies of the last channel, so
-# convolutions with fewer channels than a block (CNN-S's 1-channel input) stay with im2col.
+# against 88.6 ms) while they had a plane per sample (2.25x the map, padded); interleaved, they
+# pay. Blocks of output channels (input channels, for the weight gradient) are filled up with
+# copies of the last channel, so convolutions with fewer channels than a block (CNN-S's
+# 1-channel input) stay with im2col.
 MIN_POSITIONS = 64
 
 
 def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype) -> bool:
     """Whether the kernel ``kind`` ("forward", "input_grad" or "weight_grad") of this
-    convolution runs here: float32, stride 1, ungrouped, padding at most the kernel's reach
-    (so that the input gradient's "full" padding is not negative), and maps and channels past
-    the thresholds above."""
-    (_, c, h, w), (k, _, kh, kw), (dh, dw) = x_shape, w_shape, dilation
-    if not (np.dtype(dtype) == np.float32 and tuple(stride) == (1, 1) and groups == 1
-            and 0 <= padding[0] <= dh * (kh - 1) and 0 <= padding[1] <= dw * (kw - 1)):
+    convolution runs here: float32, ungrouped, any stride for the forward and weight gradient
+    but stride 1 for the input gradient (whose "full" padding, d*(K - 1) - p, must not be
+    negative), and outputs and channels past the thresholds above."""
+    (n, c, h, w), (k, _, kh, kw), (dh, dw) = x_shape, w_shape, dilation
+    if not (np.dtype(dtype) == np.float32 and groups == 1 and min(padding) >= 0):
         return False
-    positions = (h + 2 * padding[0] - dh * (kh - 1)) * (w + 2 * padding[1] - dw * (kw - 1))
-    interleaved = _interleaves("forward" if kind == "input_grad" else kind, x_shape[0], h, w)
-    if positions * (x_shape[0] if interleaved else 1) < MIN_POSITIONS:
+    if kind == "input_grad" and not (tuple(stride) == (1, 1) and padding[0] <= dh * (kh - 1)
+                                     and padding[1] <= dw * (kw - 1)):
+        return False
+    positions = (((h + 2 * padding[0] - dh * (kh - 1) - 1) // stride[0] + 1)
+                 * ((w + 2 * padding[1] - dw * (kw - 1) - 1) // stride[1] + 1))
+    interleaved = _interleaves("forward" if kind == "input_grad" else kind, n, h, w, stride)
+    if positions * (n if interleaved else 1) < MIN_POSITIONS:
         return False
     if kind == "forward":
         return k >= OUT_BLOCK
@@ -343,93 +465,24 @@ def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype) ->
     return k >= GRAD_OUT_BLOCK and c >= GRAD_IN_BLOCK
 
 
-class _Grid:
-    """The flat padded grid of a stride-1 convolution of x (N, C, H, W) by w (K, C, KH, KW).
-
-    Either one plane per (sample, channel), or, with ``interleave``, one plane per channel
-    holding all N samples interleaved: value (r, col, n) at (r * WP + col) * N + n. A stride-1
-    convolution of interleaved planes is the same loop with the column taps N apart, and each
-    output row is then a run of OW * N values, so whole blocks fit in the row and the padding
-    columns need not be computed: on 8x8 maps, 97% of the computed positions are outputs
-    instead of 67%, and 4x4 maps become worth it."""
-
-    def __init__(self, x_shape, w_shape, padding, dilation, interleave=False):
-        (self.n, self.c, h, w), (self.k, _, self.kh, self.kw) = x_shape, w_shape
-        (self.ph, self.pw), (self.dh, self.dw) = padding, dilation
-        self.h, self.w = h, w
-        self.lanes = self.n if interleave else 1
-        self.groups = 1 if interleave else self.n             # plane groups: samples, or one
-        self.cells = w + 2 * self.pw                          # columns of a padded row
-        self.pitch = self.cells * self.lanes                  # values from row to row
-        self.oh = h + 2 * self.ph - self.dh * (self.kh - 1)
-        self.ow = self.cells - self.dw * (self.kw - 1)
-        # how far past an output position its taps read
-        self.reach = reach = ((self.kh - 1) * self.dh * self.pitch
-                              + (self.kw - 1) * self.dw * self.lanes)
-        # output positions on the grid, whole blocks of the forward
-        # the forward sweeps interleaved planes row by row, unless a row's blocks would reach
-        # into the next row's (blocks summed in chunks of channels must not overlap)
-        row_blocks = -(-self.ow * self.lanes // POS_BLOCK) * POS_BLOCK
-        self.rows = self.oh if interleave and row_blocks <= self.pitch else 1
-        end = (self.oh - 1) * self.pitch + row_blocks if self.rows > 1 else self.oh * self.pitch
-        self.span = -(-end // POS_BLOCK) * POS_BLOCK
-        # a multiple of LANES, so that the weight gradient's vectors never straddle two planes
-        self.length = -(-max((h + 2 * self.ph) * self.pitch, self.span + reach)
-                        // LANES) * LANES
-
-    def pad(self, a, h, w, top, left, slot, channel_major=False):
-        """a (N, C', h, w) on the grid, at row ``top`` and column ``left``: (N, C') planes of
-        ``length`` ((C', N) when ``channel_major``, or C' interleaved planes), zero elsewhere,
-        and ``reach`` zeros after the last plane."""
-        planes = a.shape[0] * a.shape[1] // self.lanes
-        size = planes * self.length
-        target = scratch(size + self.reach, np.float32, slot)
-        _pad(flat(a), a.shape[0], a.shape[1], channel_major, h, w, top, left, self.cells,
-             self.length, target, interleave=self.lanes > 1)
-        target[size:] = 0
-        return target
-
-    def padded_input(self, x, channel_major=False):
-        return self.pad(x, self.h, self.w, self.ph, self.pw, "direct input", channel_major)
-
-    def dims(self, second, third, last, fourth=None):
-        return (self.c, self.k, second, third, self.pitch, self.kh, self.kw, self.dh, self.dw,
-                self.length if fourth is None else fourth, last, self.lanes, self.rows)
-
-
-# the weight gradient's strips of positions (a multiple of LANES)
-STRIP = 256
-
-# Maps of at most this many positions (per sample) go on interleaved planes. Measured on this
-# machine, 2 threads, GFLOP/s of one-plane-per-sample / interleaved planes: forward 16x16 146 /
-# 127, 8x8 114 / 150; weight gradient 32x32 116 / 97, 16x16 117 / 134, 8x8 - / 140.
-INTERLEAVE_MAX = {"forward": 64, "weight_grad": 256}
-
-
-def _interleaves(kind, n, h, w) -> bool:
-    """Whether the ``kind`` ("forward", which serves the input gradient too, or "weight_grad")
-    of a convolution of n samples of h x w maps runs on interleaved planes."""
-    return h * w <= INTERLEAVE_MAX[kind] and n > 1
-
-
-def _convolve(x, w, bias, padding, dilation):
-    """y (N, K, OH, OW) = w * x (+ bias), stride 1, by the register-blocked loop."""
-    grid = _Grid(x.shape, w.shape, padding, dilation,
-                 _interleaves("forward", x.shape[0], *x.shape[2:]))
+def _convolve(x, w, bias, stride, padding, dilation):
+    """y (N, K, OH, OW) = w * x (+ bias), by the register-blocked loop."""
+    stride, padding, dilation = _ints(stride), _ints(padding), _ints(dilation)
+    grid = _grid(x.shape, w.shape, stride, padding, dilation,
+                 _interleaves("forward", x.shape[0], *x.shape[2:], stride))
     y = np.empty((grid.n, grid.k, grid.oh, grid.ow), np.float32)
     if y.size:
         k_padded = -(-grid.k // OUT_BLOCK) * OUT_BLOCK
         sums = scratch(grid.groups * k_padded * grid.span, np.float32, "direct output")
         _parallel(_FORWARD, grid.padded_input(x), flat(w),
-                  _EMPTY if bias is None else flat(bias), sums, y.reshape(-1),
-                  grid.dims(grid.oh, grid.ow, grid.span),
-                  grid.groups * (-(-grid.k // OUT_BLOCK)))
+                  _EMPTY if bias is None else flat(bias), sums, y.reshape(-1), grid.offsets,
+                  grid.forward_dims(), grid.groups * (-(-grid.k // OUT_BLOCK)))
     return y
 
 
-def forward(x, w, bias, padding, dilation):
-    """The forward kernel: y (N, K, OH, OW) = w * x (+ bias), stride 1."""
-    return _convolve(x, w, bias, padding, dilation)
+def forward(x, w, bias, padding, dilation, stride=(1, 1)):
+    """The forward kernel: y (N, K, OH, OW) = w * x (+ bias)."""
+    return _convolve(x, w, bias, stride, padding, dilation)
 
 
 @njit(cache=True)
@@ -447,28 +500,33 @@ def _flip_transpose(w, k_out, c_in, taps, out):
 
 def input_grad(gy, w, padding, dilation):
     """gx = the "full" convolution of gy (N, K, OH, OW) by w flipped in space with its channel
-    axes swapped, padding d*(KH - 1) - pi: the adjoint of :func:`forward` in x."""
+    axes swapped, padding d*(KH - 1) - pi: the adjoint of a stride-1 :func:`forward` in x."""
     (k, c, kh, kw), (dh, dw), (ph, pw) = w.shape, dilation, padding
     adjoint = np.empty((c, k, kh, kw), np.float32)
     _flip_transpose(flat(w), k, c, kh * kw, adjoint.reshape(-1))
-    return _convolve(gy, adjoint, None, (dh * (kh - 1) - ph, dw * (kw - 1) - pw), dilation)
+    return _convolve(gy, adjoint, None, (1, 1), (dh * (kh - 1) - ph, dw * (kw - 1) - pw),
+                     dilation)
 
 
-def weight_grad(x, gy, w_shape, padding, dilation):
-    """gw (K, C, KH, KW) = sum over n, i, j of gy[n, k, i, j] * x_pad[n, c, i + p dh, j + q dw]."""
-    grid = _Grid(x.shape, w_shape, padding, dilation,
-                 _interleaves("weight_grad", x.shape[0], *x.shape[2:]))
-    gw = np.zeros(tuple(w_shape), np.float32)
+def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1)):
+    """gw (K, C, KH, KW) = sum over n, i, j of gy[n, k, i, j] * x_pad[n, c, s_h i + p d_h,
+    s_w j + q d_w]."""
+    stride, padding, dilation = _ints(stride), _ints(padding), _ints(dilation)
+    w_shape = tuple(int(v) for v in w_shape)
+    grid = _grid(x.shape, w_shape, stride, padding, dilation,
+                 _interleaves("weight_grad", x.shape[0], *x.shape[2:], stride))
+    gw = np.zeros(w_shape, np.float32)
     if gy.size and x.size:
-        gy_grid = grid.pad(gy, grid.oh, grid.ow, 0, 0, "direct output gradient",
-                           channel_major=True)
-        stride = grid.groups * grid.length                   # from channel to channel
+        gy_grid = grid.output_gradient(gy)
+        x_grid = grid.padded_input(x, channel_major=True)    # last: still in cache
+        x_stride, g_stride = grid.groups * grid.length, grid.groups * grid.g_length
         run = grid.ow * grid.lanes
         if grid.lanes > 1 and run % LANES == 0:              # row by row, outputs only
             rows = grid.oh
         else:                                                # everything, zeros included
-            rows, run = 1, stride
-        _parallel(_WEIGHT_GRAD, grid.padded_input(x, channel_major=True), gy_grid,
-                  gw.reshape(-1), _EMPTY, _EMPTY, grid.dims(rows, run, STRIP, stride),
-                  (-(-grid.k // GRAD_OUT_BLOCK)) * (-(-grid.c // GRAD_IN_BLOCK)))
+            rows, run = 1, g_stride
+        dims = (grid.c, grid.k, rows, run, grid.pitch, grid.offsets.size, x_stride, g_stride,
+                STRIP, 0, 0, 0, 0)
+        _parallel(_WEIGHT_GRAD, x_grid, gy_grid, gw.reshape(-1), _EMPTY, _EMPTY, grid.offsets,
+                  dims, (-(-grid.k // GRAD_OUT_BLOCK)) * (-(-grid.c // GRAD_IN_BLOCK)))
     return gw

@@ -23,12 +23,13 @@ def _direct():
 
 
 def _case(data):
-    """A stride-1 ungrouped float32 convolution whose channel counts leave partial blocks
-    (OUT_BLOCK = 4 output channels, GRAD_IN_BLOCK = 3 input channels) and whose padding is at
-    most the kernel's reach, as the direct loops require."""
+    """An ungrouped float32 convolution whose channel counts leave partial blocks (OUT_BLOCK = 4
+    output channels, GRAD_IN_BLOCK = 3 input channels), with strides up to 3 and padding up to
+    one past the kernel's reach."""
     kernel_hw = (data.draw(st.integers(1, 5), label="kh"), data.draw(st.integers(1, 5), label="kw"))
     dilation = (data.draw(st.integers(1, 2), label="dh"), data.draw(st.integers(1, 2), label="dw"))
-    padding = tuple(data.draw(st.integers(0, d * (k - 1)), label="padding")
+    stride = (data.draw(st.integers(1, 3), label="sh"), data.draw(st.integers(1, 3), label="sw"))
+    padding = tuple(data.draw(st.integers(0, d * (k - 1) + 1), label="padding")
                     for k, d in zip(kernel_hw, dilation))
     hw = tuple(max(d * (k - 1) + 1 - 2 * p, 1) + data.draw(st.integers(0, 9), label="extra")
                for k, p, d in zip(kernel_hw, padding, dilation))
@@ -37,23 +38,25 @@ def _case(data):
     x_shape = (data.draw(st.sampled_from([1, 2, 3, 8]), label="n"),
                data.draw(st.one_of(st.integers(1, 9), st.integers(17, 19)), label="c"), *hw)
     w_shape = (data.draw(st.integers(1, 9), label="k"), x_shape[1], *kernel_hw)
-    out_hw = tuple(n + 2 * p - d * (k - 1) for n, k, p, d in zip(hw, kernel_hw, padding, dilation))
-    return x_shape, w_shape, padding, dilation, out_hw
+    out_hw = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                   for n, k, p, d, s in zip(hw, kernel_hw, padding, dilation, stride))
+    return x_shape, w_shape, stride, padding, dilation, out_hw
 
 
 @given(data=st.data())
 def test_direct_loops_equal_the_reference(data):
     """On planes of one sample or of all samples interleaved, whichever the map size would
-    choose."""
+    choose (strided convolutions always interleave), and split into phases when strided. The
+    input gradient is checked where the direct loops take it: stride 1, padding within reach."""
     direct = _direct()
-    x_shape, w_shape, padding, dilation, out_hw = _case(data)
+    x_shape, w_shape, stride, padding, dilation, out_hw = _case(data)
     largest = data.draw(st.sampled_from([0, 10 ** 6]), label="interleave up to")
     with mock.patch.dict(direct.INTERLEAVE_MAX, forward=largest, weight_grad=largest):
-        _check_direct_loops(data, direct, x_shape, w_shape, padding, dilation, out_hw)
+        _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilation, out_hw)
 
 
-def _check_direct_loops(data, direct, x_shape, w_shape, padding, dilation, out_hw):
-    geometry = ((1, 1), padding, dilation, 1)
+def _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilation, out_hw):
+    geometry = (stride, padding, dilation, 1)
     x, w = (np.ascontiguousarray(normal(data, s, np.float32)) for s in (x_shape, w_shape))
     gy = np.ascontiguousarray(normal(data, (x_shape[0], w_shape[0], *out_hw), np.float32))
     bias = normal(data, (w_shape[0],), np.float32) if data.draw(st.booleans(), label="bias") \
@@ -61,39 +64,45 @@ def _check_direct_loops(data, direct, x_shape, w_shape, padding, dilation, out_h
     _, forward = numba_and_reference("conv2d_forward")
     _, input_grad = numba_and_reference("conv2d_input_grad")
     _, weight_grad = numba_and_reference("conv2d_weight_grad")
-    assert_close(direct.forward(x, w, bias, padding, dilation),
+    assert_close(direct.forward(x, w, bias, padding, dilation, stride),
                  forward(x, w, *geometry, bias=bias),
                  bound=forward(np.abs(x), np.abs(w), *geometry,
                                bias=None if bias is None else np.abs(bias)))
-    assert_close(direct.input_grad(gy, w, padding, dilation),
-                 input_grad(gy, w, x_shape, *geometry),
-                 bound=input_grad(np.abs(gy), np.abs(w), x_shape, *geometry))
-    assert_close(direct.weight_grad(x, gy, w_shape, padding, dilation),
+    assert_close(direct.weight_grad(x, gy, w_shape, padding, dilation, stride),
                  weight_grad(x, gy, w_shape, *geometry),
                  bound=weight_grad(np.abs(x), np.abs(gy), w_shape, *geometry))
+    if stride == (1, 1) and all(p <= d * (k - 1) for p, d, k in zip(padding, dilation,
+                                                                   w_shape[2:])):
+        assert_close(direct.input_grad(gy, w, padding, dilation),
+                     input_grad(gy, w, x_shape, *geometry),
+                     bound=input_grad(np.abs(gy), np.abs(w), x_shape, *geometry))
 
 
 @pytest.mark.parametrize("parallel_pad", [True, False])
-@pytest.mark.parametrize("x_shape, w_shape", [((4, 16, 32, 32), (16, 16, 3, 3)),
-                                              ((3, 3, 32, 32), (16, 3, 3, 3)),
-                                              ((2, 32, 16, 16), (36, 32, 3, 3)),
-                                              ((32, 64, 8, 8), (64, 64, 3, 3)),
-                                              ((32, 128, 4, 4), (128, 128, 3, 3))])
-def test_direct_loops_at_workload_sizes(x_shape, w_shape, parallel_pad, monkeypatch):
+@pytest.mark.parametrize("x_shape, w_shape, stride", [
+    ((4, 16, 32, 32), (16, 16, 3, 3), 1), ((3, 3, 32, 32), (16, 3, 3, 3), 1),
+    ((2, 32, 16, 16), (36, 32, 3, 3), 1), ((32, 64, 8, 8), (64, 64, 3, 3), 1),
+    ((32, 128, 4, 4), (128, 128, 3, 3), 1), ((32, 16, 32, 32), (32, 16, 3, 3), 2),
+    ((32, 64, 8, 8), (128, 64, 1, 1), 2)])
+def test_direct_loops_at_workload_sizes(x_shape, w_shape, stride, parallel_pad, monkeypatch):
     """ResNet-18-like layers through the registered Numba kernels, which take the direct path
-    there (the 8x8 and 4x4 maps on interleaved planes), in float32, with the planes padded in parallel (BLAS sharing the pool) or serially;
-    the scratch planes of one layer do not leak into the next."""
+    there (the 8x8 and 4x4 maps and the strided layers on interleaved planes; the strided
+    input gradients stay with im2col), in float32, with the planes padded in parallel (BLAS
+    sharing the pool) or serially; the scratch planes of one layer do not leak into the
+    next."""
     direct = _direct()
     monkeypatch.setattr(direct, "pool_shared", lambda: parallel_pad)
     rng = np.random.default_rng(7)
-    geometry = ((1, 1), (1, 1), (1, 1), 1)
+    pad = w_shape[2] // 2
+    geometry = ((stride, stride), (pad, pad), (1, 1), 1)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
     bias = rng.standard_normal(w_shape[0]).astype(np.float32)
-    gy = rng.standard_normal((x_shape[0], w_shape[0], *x_shape[2:])).astype(np.float32)
-    for kind, shape in (("forward", x_shape), ("input_grad", x_shape), ("weight_grad", x_shape)):
-        assert direct.applies(kind, shape, w_shape, *geometry, np.float32) or \
-            (kind == "input_grad" and w_shape[1] < direct.OUT_BLOCK)
+    out_hw = [(n + 2 * pad - w_shape[2]) // stride + 1 for n in x_shape[2:]]
+    gy = rng.standard_normal((x_shape[0], w_shape[0], *out_hw)).astype(np.float32)
+    for kind in ("forward", "input_grad", "weight_grad"):
+        assert direct.applies(kind, x_shape, w_shape, *geometry, np.float32) == (
+            kind != "input_grad" or (w_shape[1] >= direct.OUT_BLOCK and stride == 1))
     for name, args, magnitudes, kwargs in [
             ("conv2d_forward", (x, w), (np.abs(x), np.abs(w)), {"bias": bias}),
             ("conv2d_input_grad", (gy, w, x_shape), (np.abs(gy), np.abs(w), x_shape), {}),
@@ -105,9 +114,10 @@ def test_direct_loops_at_workload_sizes(x_shape, w_shape, parallel_pad, monkeypa
 
 
 def test_the_numba_kernels_hand_the_direct_loops_their_convolutions():
-    """Float32, stride 1, ungrouped convolutions with at least MIN_POSITIONS (64) outputs on
-    their planes (a sample's map, or all samples' interleaved maps) go to the direct loops;
-    float64, strided, grouped, over-padded, small and few-channel ones stay with im2col."""
+    """Float32 ungrouped convolutions with at least MIN_POSITIONS (64) outputs on their planes
+    (a sample's map, or all samples' interleaved maps) go to the direct loops, but for the
+    input gradient only stride-1 ones padded within the kernel's reach; float64, grouped,
+    small and few-channel ones stay with im2col."""
     direct = _direct()
     calls = []
     spies = {name: (lambda name, real: lambda *a, **k: calls.append(name) or real(*a, **k))(
@@ -130,9 +140,12 @@ def test_the_numba_kernels_hand_the_direct_loops_their_convolutions():
 
     assert run((2, 8, 16, 16), (8, 8, 3, 3)) == ["forward", "input_grad", "weight_grad"]
     assert run((2, 8, 16, 16), (8, 8, 3, 3), dtype=np.float64) == []
-    assert run((2, 8, 16, 16), (8, 8, 3, 3), stride=(2, 2)) == []
+    assert run((2, 8, 16, 16), (8, 8, 3, 3), stride=(2, 2)) == ["forward", "weight_grad"]
+    assert run((2, 8, 16, 16), (8, 8, 1, 1), stride=(2, 2), padding=(0, 0)) == [
+        "forward", "weight_grad"]
+    assert run((1, 8, 14, 14), (8, 8, 3, 3), stride=(2, 2)) == []               # 49 outputs
     assert run((2, 8, 16, 16), (8, 4, 3, 3), groups=2) == []
-    assert run((2, 8, 16, 16), (8, 8, 3, 3), padding=(3, 3)) == []
+    assert run((2, 8, 16, 16), (8, 8, 3, 3), padding=(3, 3)) == ["forward", "weight_grad"]
     assert run((2, 8, 8, 8), (8, 8, 3, 3)) == ["forward", "input_grad", "weight_grad"]
     assert run((2, 8, 8, 8), (8, 8, 3, 3), keep_columns=False) == [
         "forward", "input_grad", "weight_grad"]
