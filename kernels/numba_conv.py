@@ -425,7 +425,7 @@ def conv2d_input_grad(gy, w, input_shape, stride, padding, dilation, groups):
     gy, w = contiguous(gy), contiguous(w)
     if direct.applies("input_grad", input_shape, w.shape, stride, padding, dilation, groups,
                       gy.dtype):
-        return direct.input_grad(gy, w, padding, dilation)
+        return direct.input_grad(gy, w, padding, dilation, stride, input_shape)
     geometry = _Geometry(input_shape, w.shape, stride, padding, dilation, groups, gy.shape[2:])
     n, o, g = gy.shape[0], w.shape[0], geometry.groups
     w_t = w.reshape(g, o // g, -1).transpose(0, 2, 1)                    # (G, K/G, O/G)

@@ -46,8 +46,8 @@ def _case(data):
 @given(data=st.data())
 def test_direct_loops_equal_the_reference(data):
     """On planes of one sample or of all samples interleaved, whichever the map size would
-    choose (strided convolutions always interleave), and split into phases when strided. The
-    input gradient is checked where the direct loops take it: stride 1, padding within reach."""
+    choose (strided convolutions always interleave), and split into phases when strided; the
+    input gradient of strided or over-padded convolutions phase by phase."""
     direct = _direct()
     x_shape, w_shape, stride, padding, dilation, out_hw = _case(data)
     largest = data.draw(st.sampled_from([0, 10 ** 6]), label="interleave up to")
@@ -71,11 +71,9 @@ def _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilatio
     assert_close(direct.weight_grad(x, gy, w_shape, padding, dilation, stride),
                  weight_grad(x, gy, w_shape, *geometry),
                  bound=weight_grad(np.abs(x), np.abs(gy), w_shape, *geometry))
-    if stride == (1, 1) and all(p <= d * (k - 1) for p, d, k in zip(padding, dilation,
-                                                                   w_shape[2:])):
-        assert_close(direct.input_grad(gy, w, padding, dilation),
-                     input_grad(gy, w, x_shape, *geometry),
-                     bound=input_grad(np.abs(gy), np.abs(w), x_shape, *geometry))
+    assert_close(direct.input_grad(gy, w, padding, dilation, stride, x_shape),
+                 input_grad(gy, w, x_shape, *geometry),
+                 bound=input_grad(np.abs(gy), np.abs(w), x_shape, *geometry))
 
 
 @pytest.mark.parametrize("parallel_pad", [True, False])
@@ -87,7 +85,7 @@ def _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilatio
 def test_direct_loops_at_workload_sizes(x_shape, w_shape, stride, parallel_pad, monkeypatch):
     """ResNet-18-like layers through the registered Numba kernels, which take the direct path
     there (the 8x8 and 4x4 maps and the strided layers on interleaved planes; the strided
-    input gradients stay with im2col), in float32, with the planes padded in parallel (BLAS
+    input gradients phase by phase onto 16x16 maps, else with im2col), in float32, with the planes padded in parallel (BLAS
     sharing the pool) or serially; the scratch planes of one layer do not leak into the
     next."""
     direct = _direct()
@@ -102,7 +100,8 @@ def test_direct_loops_at_workload_sizes(x_shape, w_shape, stride, parallel_pad, 
     gy = rng.standard_normal((x_shape[0], w_shape[0], *out_hw)).astype(np.float32)
     for kind in ("forward", "input_grad", "weight_grad"):
         assert direct.applies(kind, x_shape, w_shape, *geometry, np.float32) == (
-            kind != "input_grad" or (w_shape[1] >= direct.OUT_BLOCK and stride == 1))
+            kind != "input_grad" or (w_shape[1] >= direct.OUT_BLOCK
+                                     and (stride == 1 or out_hw[0] * out_hw[1] > 64)))
     for name, args, magnitudes, kwargs in [
             ("conv2d_forward", (x, w), (np.abs(x), np.abs(w)), {"bias": bias}),
             ("conv2d_input_grad", (gy, w, x_shape), (np.abs(gy), np.abs(w), x_shape), {}),
@@ -114,10 +113,10 @@ def test_direct_loops_at_workload_sizes(x_shape, w_shape, stride, parallel_pad, 
 
 
 def test_the_numba_kernels_hand_the_direct_loops_their_convolutions():
-    """Float32 ungrouped convolutions with at least MIN_POSITIONS (64) outputs on their planes
-    (a sample's map, or all samples' interleaved maps) go to the direct loops, but for the
-    input gradient only stride-1 ones padded within the kernel's reach; float64, grouped,
-    small and few-channel ones stay with im2col."""
+    """Float32 ungrouped convolutions, of any stride and padding, with at least MIN_POSITIONS
+    (64) outputs on their planes (a sample's map, or all samples' interleaved maps) go to the
+    direct loops, the input gradients that go phase by phase only onto maps of more than 64
+    outputs; float64, grouped, small and few-channel ones stay with im2col."""
     direct = _direct()
     calls = []
     spies = {name: (lambda name, real: lambda *a, **k: calls.append(name) or real(*a, **k))(
@@ -140,12 +139,15 @@ def test_the_numba_kernels_hand_the_direct_loops_their_convolutions():
 
     assert run((2, 8, 16, 16), (8, 8, 3, 3)) == ["forward", "input_grad", "weight_grad"]
     assert run((2, 8, 16, 16), (8, 8, 3, 3), dtype=np.float64) == []
+    assert run((2, 8, 32, 32), (8, 8, 3, 3), stride=(2, 2)) == [
+        "forward", "input_grad", "weight_grad"]
+    assert run((2, 8, 32, 32), (8, 8, 1, 1), stride=(2, 2), padding=(0, 0)) == [
+        "forward", "input_grad", "weight_grad"]
     assert run((2, 8, 16, 16), (8, 8, 3, 3), stride=(2, 2)) == ["forward", "weight_grad"]
-    assert run((2, 8, 16, 16), (8, 8, 1, 1), stride=(2, 2), padding=(0, 0)) == [
-        "forward", "weight_grad"]
     assert run((1, 8, 14, 14), (8, 8, 3, 3), stride=(2, 2)) == []               # 49 outputs
     assert run((2, 8, 16, 16), (8, 4, 3, 3), groups=2) == []
-    assert run((2, 8, 16, 16), (8, 8, 3, 3), padding=(3, 3)) == ["forward", "weight_grad"]
+    assert run((2, 8, 16, 16), (8, 8, 3, 3), padding=(3, 3)) == [
+        "forward", "input_grad", "weight_grad"]
     assert run((2, 8, 8, 8), (8, 8, 3, 3)) == ["forward", "input_grad", "weight_grad"]
     assert run((2, 8, 8, 8), (8, 8, 3, 3), keep_columns=False) == [
         "forward", "input_grad", "weight_grad"]
