@@ -98,7 +98,7 @@ def _compiled(signature):
 
 _F32 = types.float32[::1]
 _I64 = types.int64[::1]
-_DIMS = types.UniTuple(types.int64, 13)
+_DIMS = types.UniTuple(types.int64, 16)
 _FORWARD_SERIAL = types.void(_F32, _F32, _F32, _F32, _F32, _I64, _DIMS, types.int64,
                              types.int64)
 _GRAD_SERIAL = types.void(_F32, _F32, _F32, _I64, _DIMS, types.int64, types.int64)
@@ -166,7 +166,7 @@ def _pad_planes(source, dims, phases, target, first, last):
     grid (:class:`_Grid`): one task per plane, each to its own ``length`` of ``target`` (in
     (channel, sample) order when ``swap``), or, with ``lanes`` > 1, one task per channel, whose
     samples are interleaved in one ``length``. Every value that is no input cell is zero."""
-    samples, channels, h, w, top, left, sh, sw, rows, cols, lanes, length, swap = dims
+    samples, channels, h, w, top, left, sh, sw, rows, cols, lanes, length, swap, _, _, _ = dims
     used = phases.size // 2 * rows * cols * lanes
     for task in range(first, last):
         if lanes > 1:        # zeroing the plane at once beat writing the zeros sample by sample
@@ -193,61 +193,76 @@ def _pad_planes(source, dims, phases, target, first, last):
 # Forward (and, with the kernel flipped, input gradient)
 # --------------------------------------------------------------------------------------------
 @_compiled(_FORWARD_SERIAL)
-def _forward_tasks(xf, wf, bias, gridf, yf, offsets, dims, first, last):
-    """Tasks [first, last) of (plane group n, block of OUT_BLOCK output channels): y = w * x (+ b).
+def _forward_tasks(xf, wf, bias, raw, yf, offsets, dims, first, last):
+    """Tasks [first, last) of y = w * x (+ b): one per (plane group n, block of OUT_BLOCK output
+    channels), or, when ``padded_here``, one per sample n with all its blocks.
 
     Tap t of the kernel reads the input ``offsets[t]`` past the output position (see
     :class:`_Grid`). A plane holds one sample, or all N samples interleaved (``lanes`` = N);
     then there is one plane group and the outputs are swept row by row (``rows`` > 1),
-    skipping the padding columns. The blocks of partial sums are stored whole, as vectors, into
-    the task's own planes of the flat grid ``gridf``; the valid positions are copied out to y
-    once the task's planes are done (still in cache). Storing only the valid positions of each
-    block, position by position, had cost as much as the arithmetic on 16-channel layers."""
-    c_in, k_out, oh, ow, pitch, taps, length, span, lanes, rows, chunk, _, _ = dims
+    skipping the padding columns. With ``padded_here`` (stride 1, a plane per sample), each
+    task first pads its sample's planes from the raw input ``raw`` into its part of ``xf``:
+    they are then read from L2, not from a padded copy of the whole batch made in a pass of
+    its own. The blocks of partial sums are stored whole, as vectors, into a grid of the
+    task's own; the valid positions are copied out to y once the block of channels is done
+    (still in cache). Storing only the valid positions of each block, position by position,
+    had cost as much as the arithmetic on 16-channel layers."""
+    (c_in, k_out, oh, ow, pitch, taps, length, span, lanes, rows, chunk, padded_here,
+     h, w, top, left) = dims
     k_blocks = (k_out + OUT_BLOCK - 1) // OUT_BLOCK
+    blocks_per_task = k_blocks if padded_here else 1
     # one sweep over every row (the row ends computed and dropped), or one per row
     run = oh * pitch if rows == 1 else ow * lanes
     sums = numba.carray(_stack_array(_FORWARD_SUMS, xf.dtype), (_FORWARD_SUMS,))
+    gridf = np.empty(OUT_BLOCK * span, xf.dtype)
     for task in range(first, last):
-        n, k0 = task // k_blocks, (task % k_blocks) * OUT_BLOCK
-        planes = u64((n * k_blocks * OUT_BLOCK + k0) * span)       # this task's grid planes
-        for c0 in range(0, c_in, chunk):
-            for r in range(rows):
-                for o0 in range(r * pitch, r * pitch + run, POS_BLOCK):
-                    if c0 == 0:
-                        for s in range(_FORWARD_SUMS):
-                            sums[s] = 0
-                    else:
+        n = task // (k_blocks // blocks_per_task)
+        if padded_here:
+            for c in range(c_in):
+                plane = (n * c_in + c) * h * w
+                _pad_plane(raw[plane:plane + h * w],
+                           xf[(n * c_in + c) * length:(n * c_in + c + 1) * length], h, w, top,
+                           left, pitch)
+        first_block = 0 if padded_here else task % k_blocks
+        for kb in range(first_block, first_block + blocks_per_task):
+            k0 = kb * OUT_BLOCK
+            for c0 in range(0, c_in, chunk):
+                for r in range(rows):
+                    for o0 in range(r * pitch, r * pitch + run, POS_BLOCK):
+                        if c0 == 0:
+                            for s in range(_FORWARD_SUMS):
+                                sums[s] = 0
+                        else:
+                            for kk in range(OUT_BLOCK):
+                                for t in range(POS_BLOCK):
+                                    sums[kk * POS_BLOCK + t] = gridf[u64(kk * span + o0 + t)]
+                        for c in range(c0, min(c0 + chunk, c_in)):
+                            plane = u64((n * c_in + c) * length + o0)
+                            for tap in range(taps):
+                                row = plane + u64(offsets[u64(tap)])
+                                for kk in range(OUT_BLOCK):
+                                    # a block past the last channel reads channel K-1, then
+                                    # is dropped
+                                    k = min(k0 + kk, k_out - 1)
+                                    weight = wf[u64((k * c_in + c) * taps + tap)]
+                                    for t in range(POS_BLOCK):
+                                        sums[kk * POS_BLOCK + t] += weight * xf[row + u64(t)]
                         for kk in range(OUT_BLOCK):
                             for t in range(POS_BLOCK):
-                                sums[kk * POS_BLOCK + t] = gridf[planes + u64(kk * span + o0 + t)]
-                    for c in range(c0, min(c0 + chunk, c_in)):
-                        plane = u64((n * c_in + c) * length + o0)
-                        for tap in range(taps):
-                            row = plane + u64(offsets[u64(tap)])
-                            for kk in range(OUT_BLOCK):
-                                # a block past the last channel reads channel K-1, then is
-                                # dropped
-                                k = min(k0 + kk, k_out - 1)
-                                weight = wf[u64((k * c_in + c) * taps + tap)]
-                                for t in range(POS_BLOCK):
-                                    sums[kk * POS_BLOCK + t] += weight * xf[row + u64(t)]
-                    for kk in range(OUT_BLOCK):
-                        for t in range(POS_BLOCK):
-                            gridf[planes + u64(kk * span + o0 + t)] = sums[kk * POS_BLOCK + t]
-        for kk in range(min(OUT_BLOCK, k_out - k0)):
-            shift = bias[k0 + kk] if bias.size else 0
-            for s in range(lanes):
-                out = u64(((n * lanes + s) * k_out + k0 + kk) * oh * ow)
-                for i in range(oh):
-                    source = planes + u64(kk * span + i * pitch + s)
-                    target = out + u64(i * ow)
-                    if lanes == 1:
-                        for j in range(ow):
-                            yf[target + u64(j)] = gridf[source + u64(j)] + shift
-                    else:
-                        for j in range(ow):
-                            yf[target + u64(j)] = gridf[source + u64(j * lanes)] + shift
+                                gridf[u64(kk * span + o0 + t)] = sums[kk * POS_BLOCK + t]
+            for kk in range(min(OUT_BLOCK, k_out - k0)):
+                shift = bias[k0 + kk] if bias.size else 0
+                for s in range(lanes):
+                    out = u64(((n * lanes + s) * k_out + k0 + kk) * oh * ow)
+                    for i in range(oh):
+                        grid_row = u64(kk * span + i * pitch + s)
+                        target = out + u64(i * ow)
+                        if lanes == 1:
+                            for j in range(ow):
+                                yf[target + u64(j)] = gridf[grid_row + u64(j)] + shift
+                        else:
+                            for j in range(ow):
+                                yf[target + u64(j)] = gridf[grid_row + u64(j * lanes)] + shift
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,7 +283,7 @@ def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
     the lanes are added up once, at the end of the task. Positions outside the output hold
     gy = 0, so they add nothing, except that an infinite x there turns the sum into NaN where
     the reference would give an infinite one."""
-    c_in, k_out, rows, run, pitch, taps, x_stride, g_stride, strip, _, _, _, _ = dims
+    c_in, k_out, rows, run, pitch, taps, x_stride, g_stride, strip, _, _, _, _, _, _, _ = dims
     c_blocks = (c_in + GRAD_IN_BLOCK - 1) // GRAD_IN_BLOCK
     sums = numba.carray(_stack_array(_GRAD_SUMS, xf.dtype), (_GRAD_SUMS,))
     totals = np.empty(taps * _GRAD_SUMS, xf.dtype)
@@ -316,8 +331,8 @@ _EMPTY = np.empty(0, np.float32)
 @njit(cache=True, parallel=True)
 def _parallel(kind, a, b, c, d, e, ints, dims, n_tasks):
     """Tasks 0..n_tasks-1 of one loop, one per iteration of a ``prange``: planes padded by
-    :func:`_pad_planes` (a -> e, ints = the phases), blocks of :func:`_forward_tasks` (a..e = x,
-    w, bias, grid, y; ints = the tap offsets) or of :func:`_weight_grad_tasks` (a, b, c = x,
+    :func:`_pad_planes` (a -> e, ints = the phases), blocks of :func:`_forward_tasks` (a..e =
+    padded x, w, bias, raw x, y; ints = the tap offsets) or of :func:`_weight_grad_tasks` (a, b, c = x,
     gy, gw)."""
     for task in prange(n_tasks):
         if kind == _PAD:
@@ -399,16 +414,21 @@ class _Grid:
         ``channel_major``, or C interleaved planes), and ``reach`` zeros after the last."""
         planes = self.c * self.groups
         dims = (self.n, self.c, self.h, self.w, self.ph, self.pw, *self.stride, self.rows,
-                self.cols, self.lanes, self.length, int(channel_major))
+                self.cols, self.lanes, self.length, int(channel_major), 0, 0, 0)
         return self._pad(x, self.phases, dims, planes, "direct input", planes * self.length)
 
     def output_gradient(self, gy):
         """gy (N, K, OH, OW) on the output positions of the grid, channel-major."""
         planes = self.k * self.groups
         dims = (self.n, self.k, self.oh, self.ow, 0, 0, 1, 1, self.g_rows, self.cols, self.lanes,
-                self.g_length, 1)
+                self.g_length, 1, 0, 0, 0)
         return self._pad(gy, _ONE_PHASE, dims, planes, "direct output gradient",
                          planes * self.g_length)
+
+    def padded_here(self):
+        """Whether each forward task pads its own sample (stride 1, a plane per sample, and
+        enough samples to share out)."""
+        return self.lanes == 1 and self.stride == (1, 1) and self.n >= PADDED_HERE_MIN_SAMPLES
 
     def forward_dims(self):
         # interleaved planes are N times longer: sweep them a chunk of channels at a time, so
@@ -419,7 +439,8 @@ class _Grid:
         # 0.95 and 0.89)
         chunk = max(1, IN_CHUNK // (self.phases.size // 2)) if self.lanes > 1 else self.c
         return (self.c, self.k, self.oh, self.ow, self.pitch, self.offsets.size, self.length,
-                self.span, self.lanes, self.sweeps, chunk, 0, 0)
+                self.span, self.lanes, self.sweeps, chunk, int(self.padded_here()), self.h,
+                self.w, self.ph, self.pw)
 
 
 _ONE_PHASE = np.zeros(2, np.int64)
@@ -437,6 +458,9 @@ def _ints(pair) -> tuple[int, int]:
 
 # the weight gradient's strips of positions (a multiple of LANES)
 STRIP = 256
+
+# forward tasks pad their own sample from this many samples on (fewer would not fill the cores)
+PADDED_HERE_MIN_SAMPLES = 8
 
 # Stride-1 maps of at most this many positions (per sample) go on interleaved planes. Measured
 # on this machine, 2 threads, GFLOP/s of one-plane-per-sample / interleaved planes: forward
@@ -494,11 +518,15 @@ def _convolve(x, w, bias, stride, padding, dilation):
                  _interleaves("forward", x.shape[0], *x.shape[2:], stride))
     y = np.empty((grid.n, grid.k, grid.oh, grid.ow), np.float32)
     if y.size:
-        k_padded = -(-grid.k // OUT_BLOCK) * OUT_BLOCK
-        sums = scratch(grid.groups * k_padded * grid.span, np.float32, "direct output")
-        _parallel(_FORWARD, grid.padded_input(x), flat(w),
-                  _EMPTY if bias is None else flat(bias), sums, y.reshape(-1), grid.offsets,
-                  grid.forward_dims(), grid.groups * (-(-grid.k // OUT_BLOCK)))
+        if grid.padded_here():       # each task pads its own sample into the buffer
+            padded = scratch(grid.n * grid.c * grid.length + grid.reach, np.float32,
+                             "direct input")
+            padded[grid.n * grid.c * grid.length:] = 0
+            raw, tasks = flat(x), grid.n
+        else:
+            padded, raw, tasks = grid.padded_input(x), _EMPTY, grid.groups * (-(-grid.k // OUT_BLOCK))
+        _parallel(_FORWARD, padded, flat(w), _EMPTY if bias is None else flat(bias), raw,
+                  y.reshape(-1), grid.offsets, grid.forward_dims(), tasks)
     return y
 
 
@@ -604,7 +632,7 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1)):
         else:                                                # everything, zeros included
             rows, run = 1, g_stride
         dims = (grid.c, grid.k, rows, run, grid.pitch, grid.offsets.size, x_stride, g_stride,
-                STRIP, 0, 0, 0, 0)
+                STRIP, 0, 0, 0, 0, 0, 0, 0)
         _parallel(_WEIGHT_GRAD, x_grid, gy_grid, gw.reshape(-1), _EMPTY, _EMPTY, grid.offsets,
                   dims, (-(-grid.k // GRAD_OUT_BLOCK)) * (-(-grid.c // GRAD_IN_BLOCK)))
     return gw

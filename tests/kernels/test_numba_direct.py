@@ -78,14 +78,16 @@ def _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilatio
 
 @pytest.mark.parametrize("parallel_pad", [True, False])
 @pytest.mark.parametrize("x_shape, w_shape, stride", [
-    ((4, 16, 32, 32), (16, 16, 3, 3), 1), ((3, 3, 32, 32), (16, 3, 3, 3), 1),
+    ((4, 16, 32, 32), (16, 16, 3, 3), 1), ((8, 16, 32, 32), (16, 16, 3, 3), 1),
+    ((3, 3, 32, 32), (16, 3, 3, 3), 1),
     ((2, 32, 16, 16), (36, 32, 3, 3), 1), ((32, 64, 8, 8), (64, 64, 3, 3), 1),
     ((32, 128, 4, 4), (128, 128, 3, 3), 1), ((32, 16, 32, 32), (32, 16, 3, 3), 2),
     ((32, 64, 8, 8), (128, 64, 1, 1), 2)])
 def test_direct_loops_at_workload_sizes(x_shape, w_shape, stride, parallel_pad, monkeypatch):
     """ResNet-18-like layers through the registered Numba kernels, which take the direct path
     there (the 8x8 and 4x4 maps and the strided layers on interleaved planes; the strided
-    input gradients phase by phase onto 16x16 maps, else with im2col), in float32, with the planes padded in parallel (BLAS
+    input gradients phase by phase onto 16x16 maps, else with im2col; from 8 samples on, the
+    forward tasks pad their own samples), in float32, with the planes padded in parallel (BLAS
     sharing the pool) or serially; the scratch planes of one layer do not leak into the
     next."""
     direct = _direct()
