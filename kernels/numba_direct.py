@@ -98,7 +98,7 @@ def _compiled(signature):
 
 _F32 = types.float32[::1]
 _I64 = types.int64[::1]
-_DIMS = types.UniTuple(types.int64, 16)
+_DIMS = types.UniTuple(types.int64, 17)
 _FORWARD_SERIAL = types.void(_F32, _F32, _F32, _F32, _F32, _I64, _DIMS, types.int64,
                              types.int64)
 _GRAD_SERIAL = types.void(_F32, _F32, _F32, _I64, _DIMS, types.int64, types.int64)
@@ -166,7 +166,7 @@ def _pad_planes(source, dims, phases, target, first, last):
     grid (:class:`_Grid`): one task per plane, each to its own ``length`` of ``target`` (in
     (channel, sample) order when ``swap``), or, with ``lanes`` > 1, one task per channel, whose
     samples are interleaved in one ``length``. Every value that is no input cell is zero."""
-    samples, channels, h, w, top, left, sh, sw, rows, cols, lanes, length, swap, _, _, _ = dims
+    samples, channels, h, w, top, left, sh, sw, rows, cols, lanes, length, swap = dims[:13]
     used = phases.size // 2 * rows * cols * lanes
     for task in range(first, last):
         if lanes > 1:        # zeroing the plane at once beat writing the zeros sample by sample
@@ -208,8 +208,12 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, dims, first, last):
     (still in cache). Storing only the valid positions of each block, position by position,
     had cost as much as the arithmetic on 16-channel layers."""
     (c_in, k_out, oh, ow, pitch, taps, length, span, lanes, rows, chunk, padded_here,
-     h, w, top, left) = dims
+     h, w, top, left, flipped) = dims
     k_blocks = (k_out + OUT_BLOCK - 1) // OUT_BLOCK
+    # w is (K, C, taps); or, ``flipped``, the (C, K, taps) kernel of the convolution that this
+    # one is the adjoint of, read with its taps reversed and its channel axes swapped
+    k_step, c_step, tap_first, tap_step = ((taps, k_out * taps, taps - 1, -1) if flipped else
+                                           (c_in * taps, taps, 0, 1))
     blocks_per_task = k_blocks if padded_here else 1
     # one sweep over every row (the row ends computed and dropped), or one per row
     run = oh * pitch if rows == 1 else ow * lanes
@@ -244,7 +248,8 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, dims, first, last):
                                     # a block past the last channel reads channel K-1, then
                                     # is dropped
                                     k = min(k0 + kk, k_out - 1)
-                                    weight = wf[u64((k * c_in + c) * taps + tap)]
+                                    weight = wf[u64(k * k_step + c * c_step + tap_first
+                                                    + tap * tap_step)]
                                     for t in range(POS_BLOCK):
                                         sums[kk * POS_BLOCK + t] += weight * xf[row + u64(t)]
                         for kk in range(OUT_BLOCK):
@@ -283,7 +288,7 @@ def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
     the lanes are added up once, at the end of the task. Positions outside the output hold
     gy = 0, so they add nothing, except that an infinite x there turns the sum into NaN where
     the reference would give an infinite one."""
-    c_in, k_out, rows, run, pitch, taps, x_stride, g_stride, strip, _, _, _, _, _, _, _ = dims
+    c_in, k_out, rows, run, pitch, taps, x_stride, g_stride, strip = dims[:9]
     c_blocks = (c_in + GRAD_IN_BLOCK - 1) // GRAD_IN_BLOCK
     sums = numba.carray(_stack_array(_GRAD_SUMS, xf.dtype), (_GRAD_SUMS,))
     totals = np.empty(taps * _GRAD_SUMS, xf.dtype)
@@ -414,14 +419,14 @@ class _Grid:
         ``channel_major``, or C interleaved planes), and ``reach`` zeros after the last."""
         planes = self.c * self.groups
         dims = (self.n, self.c, self.h, self.w, self.ph, self.pw, *self.stride, self.rows,
-                self.cols, self.lanes, self.length, int(channel_major), 0, 0, 0)
+                self.cols, self.lanes, self.length, int(channel_major), 0, 0, 0, 0)
         return self._pad(x, self.phases, dims, planes, "direct input", planes * self.length)
 
     def output_gradient(self, gy):
         """gy (N, K, OH, OW) on the output positions of the grid, channel-major."""
         planes = self.k * self.groups
         dims = (self.n, self.k, self.oh, self.ow, 0, 0, 1, 1, self.g_rows, self.cols, self.lanes,
-                self.g_length, 1, 0, 0, 0)
+                self.g_length, 1, 0, 0, 0, 0)
         return self._pad(gy, _ONE_PHASE, dims, planes, "direct output gradient",
                          planes * self.g_length)
 
@@ -430,7 +435,7 @@ class _Grid:
         enough samples to share out)."""
         return self.lanes == 1 and self.stride == (1, 1) and self.n >= PADDED_HERE_MIN_SAMPLES
 
-    def forward_dims(self):
+    def forward_dims(self, flipped=False):
         # interleaved planes are N times longer: sweep them a chunk of channels at a time, so
         # that the rows under a block stay in L1 from one tap to the next (8x8 and 4x4 maps:
         # 115 and 90 GFLOP/s in one sweep, 150 and 140 in chunks of 16; 8 and 32 were no
@@ -440,7 +445,7 @@ class _Grid:
         chunk = max(1, IN_CHUNK // (self.phases.size // 2)) if self.lanes > 1 else self.c
         return (self.c, self.k, self.oh, self.ow, self.pitch, self.offsets.size, self.length,
                 self.span, self.lanes, self.sweeps, chunk, int(self.padded_here()), self.h,
-                self.w, self.ph, self.pw)
+                self.w, self.ph, self.pw, int(flipped))
 
 
 _ONE_PHASE = np.zeros(2, np.int64)
@@ -519,10 +524,12 @@ def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype) ->
     return k >= GRAD_OUT_BLOCK and c >= GRAD_IN_BLOCK
 
 
-def _convolve(x, w, bias, stride, padding, dilation):
-    """y (N, K, OH, OW) = w * x (+ bias), by the register-blocked loop."""
+def _convolve(x, w, bias, stride, padding, dilation, flipped=False):
+    """y (N, K, OH, OW) = w * x (+ bias), by the register-blocked loop; ``flipped``: w is given
+    as the (C, K, KH, KW) kernel whose flipped, channel-swapped self is the one to apply."""
     stride, padding, dilation = _ints(stride), _ints(padding), _ints(dilation)
-    grid = _grid(x.shape, w.shape, stride, padding, dilation,
+    w_shape = (w.shape[1], w.shape[0], *w.shape[2:]) if flipped else w.shape
+    grid = _grid(x.shape, w_shape, stride, padding, dilation,
                  _interleaves("forward", x.shape[0], *x.shape[2:], stride))
     y = np.empty((grid.n, grid.k, grid.oh, grid.ow), np.float32)
     if y.size:
@@ -534,7 +541,7 @@ def _convolve(x, w, bias, stride, padding, dilation):
         else:
             padded, raw, tasks = grid.padded_input(x), _EMPTY, grid.groups * (-(-grid.k // OUT_BLOCK))
         _parallel(_FORWARD, padded, flat(w), _EMPTY if bias is None else flat(bias), raw,
-                  y.reshape(-1), grid.offsets, grid.forward_dims(), tasks)
+                  y.reshape(-1), grid.offsets, grid.forward_dims(flipped), tasks)
     return y
 
 
@@ -543,31 +550,17 @@ def forward(x, w, bias, padding, dilation, stride=(1, 1)):
     return _convolve(x, w, bias, stride, padding, dilation)
 
 
-@njit(cache=True)
-def _flip_transpose(w, k_out, c_in, taps, out):
-    """out (C, K, taps) = w (K, C, taps) with its taps reversed (a kernel flipped in both
-    directions) and its channel axes swapped: 54 us on 128x128x3x3, where NumPy's strided copy
-    took 100 (unsigned indices: with signed ones Numba's negative-index checks made it 150)."""
-    for k in range(k_out):
-        for c in range(c_in):
-            last = u64((k * c_in + c) * taps + taps - 1)
-            first = u64((c * k_out + k) * taps)
-            for t in range(taps):
-                out[first + u64(t)] = w[last - u64(t)]
-
-
 def input_grad(gy, w, padding, dilation, stride=(1, 1), input_shape=None):
     """The input gradient gx (N, C, H, W) of a convolution by w of x (``input_shape``).
 
     Stride 1, padded within reach: the "full" convolution of gy (N, K, OH, OW) by w flipped in
-    space with its channel axes swapped, padding d*(KH - 1) - p. Otherwise, phase by phase
+    space with its channel axes swapped, padding d*(KH - 1) - p; the loop reads w that way in
+    place (a flipped copy had cost 54 us on 128x128x3x3). Otherwise, phase by phase
     (:func:`_input_grad_by_phases`)."""
     (k, c, kh, kw), (dh, dw), (ph, pw) = w.shape, dilation, padding
     if not _by_phases(stride, padding, dilation, (kh, kw)):
-        adjoint = np.empty((c, k, kh, kw), np.float32)
-        _flip_transpose(flat(w), k, c, kh * kw, adjoint.reshape(-1))
-        return _convolve(gy, adjoint, None, (1, 1), (dh * (kh - 1) - ph, dw * (kw - 1) - pw),
-                         dilation)
+        return _convolve(gy, w, None, (1, 1), (dh * (kh - 1) - ph, dw * (kw - 1) - pw),
+                         dilation, flipped=True)
     return _input_grad_by_phases(gy, w, tuple(input_shape), _ints(stride), _ints(padding),
                                  _ints(dilation))
 
@@ -640,7 +633,7 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1)):
         else:                                                # everything, zeros included
             rows, run = 1, g_stride
         dims = (grid.c, grid.k, rows, run, grid.pitch, grid.offsets.size, x_stride, g_stride,
-                STRIP, 0, 0, 0, 0, 0, 0, 0)
+                STRIP, 0, 0, 0, 0, 0, 0, 0, 0)
         _parallel(_WEIGHT_GRAD, x_grid, gy_grid, gw.reshape(-1), _EMPTY, _EMPTY, grid.offsets,
                   dims, (-(-grid.k // GRAD_OUT_BLOCK)) * (-(-grid.c // GRAD_IN_BLOCK)))
     return gw
