@@ -78,7 +78,7 @@ def _statistics(total, squares, count, shift, weight, eps, mean, invstd, scale):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _forward(x, weight, bias, eps, y, mean, invstd, shift, scale):
+def _forward(x, weight, bias, eps, relu, y, mean, invstd, shift, scale):
     n, c, s = x.shape
     count = n * s
     for ch in range(c):                    # K_c: the mean of the channel's first row
@@ -93,8 +93,13 @@ def _forward(x, weight, bias, eps, y, mean, invstd, shift, scale):
         for ch in range(c):
             row, out = x[i, ch], y[i, ch]
             mu, a, b = mean[ch], scale[ch], bias[ch]
-            for j in range(s):
-                out[j] = (row[j] - mu) * a + b
+            if relu:
+                for j in range(s):
+                    v = (row[j] - mu) * a + b
+                    out[j] = v if not v < 0 else 0       # NaN stays NaN, as np.maximum
+            else:
+                for j in range(s):
+                    out[j] = (row[j] - mu) * a + b
 
 
 @njit(cache=True)
@@ -112,8 +117,17 @@ def _coefficients(weight, invstd, sum_g, sum_g_centred, count, gweight, gbias, c
         coef_1[ch] = -scale * sum_g[ch] / count
 
 
+@njit(cache=True, fastmath=_FASTMATH, inline="always")
+def _masked(g, centred, scale, shift, relu):
+    """``g``, or with ``relu`` g [scale * centred + shift > 0]: the ReLU's mask, from x."""
+    if relu:
+        return g * (centred * scale + shift > 0)
+    return g
+
+
 @njit(cache=True, fastmath=_FASTMATH)
-def _backward(gy, x, weight, mean, invstd, gx, gweight, gbias, coef_g, coef_x, coef_1):
+def _backward(gy, x, weight, bias, mean, invstd, relu, gx, gweight, gbias, coef_g, coef_x,
+              coef_1):
     n, c, s = x.shape
     count = n * s
     zero = x.dtype.type(0)
@@ -121,13 +135,15 @@ def _backward(gy, x, weight, mean, invstd, gx, gweight, gbias, coef_g, coef_x, c
     for i in range(n):
         for ch in range(c):
             g_row, row, mu = gy[i, ch], x[i, ch], mean[ch]
+            scale, shift = weight[ch] * invstd[ch], bias[ch]
             for start in range(0, s, BLOCK):
                 stop = min(start + BLOCK, s)
                 a, b = zero, zero
                 for j in range(start, stop):
-                    g = g_row[j]
+                    centred = row[j] - mu
+                    g = _masked(g_row[j], centred, scale, shift, relu)
                     a += g
-                    b += g * (row[j] - mu)
+                    b += g * centred
                 sum_g[ch] += a
                 sum_g_centred[ch] += b
     _coefficients(weight, invstd, sum_g, sum_g_centred, count, gweight, gbias, coef_g, coef_x,
@@ -136,12 +152,14 @@ def _backward(gy, x, weight, mean, invstd, gx, gweight, gbias, coef_g, coef_x, c
         for ch in range(c):
             g_row, row, out = gy[i, ch], x[i, ch], gx[i, ch]
             mu, a, b, d = mean[ch], coef_g[ch], coef_x[ch], coef_1[ch]
+            scale, shift = weight[ch] * invstd[ch], bias[ch]
             for j in range(s):
-                out[j] = a * g_row[j] + b * (row[j] - mu) + d
+                centred = row[j] - mu
+                out[j] = a * _masked(g_row[j], centred, scale, shift, relu) + b * centred + d
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _forward_2d(x, weight, bias, eps, y, mean, invstd, scale):
+def _forward_2d(x, weight, bias, eps, relu, y, mean, invstd, scale):
     """The forward for (N, C) inputs (S = 1): loops run along a row of channels, so they still
     vectorise; the shift is the first sample and the sums are float64 throughout."""
     n, c = x.shape
@@ -157,26 +175,31 @@ def _forward_2d(x, weight, bias, eps, y, mean, invstd, scale):
     for i in range(n):
         row, out = x[i], y[i]
         for ch in range(c):
-            out[ch] = (row[ch] - mean[ch]) * scale[ch] + bias[ch]
+            v = (row[ch] - mean[ch]) * scale[ch] + bias[ch]
+            out[ch] = v if not (relu and v < 0) else 0
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _backward_2d(gy, x, weight, mean, invstd, gx, gweight, gbias, coef_g, coef_x, coef_1):
+def _backward_2d(gy, x, weight, bias, mean, invstd, relu, gx, gweight, gbias, coef_g, coef_x,
+                 coef_1):
     """The backward for (N, C) inputs, along rows of channels like :func:`_forward_2d`."""
     n, c = x.shape
     sum_g, sum_g_centred = np.zeros(c), np.zeros(c)
     for i in range(n):
         g_row, row = gy[i], x[i]
         for ch in range(c):
-            g = np.float64(g_row[ch])
+            centred = row[ch] - mean[ch]
+            g = np.float64(_masked(g_row[ch], centred, weight[ch] * invstd[ch], bias[ch], relu))
             sum_g[ch] += g
-            sum_g_centred[ch] += g * np.float64(row[ch] - mean[ch])
+            sum_g_centred[ch] += g * np.float64(centred)
     _coefficients(weight, invstd, sum_g, sum_g_centred, n, gweight, gbias, coef_g, coef_x,
                   coef_1)
     for i in range(n):
         g_row, row, out = gy[i], x[i], gx[i]
         for ch in range(c):
-            out[ch] = coef_g[ch] * g_row[ch] + coef_x[ch] * (row[ch] - mean[ch]) + coef_1[ch]
+            centred = row[ch] - mean[ch]
+            g = _masked(g_row[ch], centred, weight[ch] * invstd[ch], bias[ch], relu)
+            out[ch] = coef_g[ch] * g + coef_x[ch] * centred + coef_1[ch]
 
 
 def _as_3d(a):
@@ -185,12 +208,13 @@ def _as_3d(a):
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-def _supported_forward(x, weight, bias, eps) -> bool:
+def _supported_forward(x, weight, bias, eps, relu=False) -> bool:
     return same_float_dtype(x, weight, bias) and x.ndim in (2, 3, 4) and x.size > 0
 
 
-def _supported_backward(gy, x, weight, mean, invstd) -> bool:
-    return same_float_dtype(gy, x, weight, mean, invstd) and x.ndim in (2, 3, 4) and x.size > 0
+def _supported_backward(gy, x, weight, mean, invstd, bias=None, relu=False) -> bool:
+    return (same_float_dtype(gy, x, weight, mean, invstd, bias) and x.ndim in (2, 3, 4)
+            and x.size > 0)
 
 
 def _affine(weight, bias, channels, dtype):
@@ -200,32 +224,33 @@ def _affine(weight, bias, channels, dtype):
 
 
 @register_kernel("batch_norm_forward", "numba", supports=_supported_forward)
-def batch_norm_forward(x, weight, bias, eps):
-    """(y, mean, invstd) with batch statistics over every axis but 1 (Numba)."""
+def batch_norm_forward(x, weight, bias, eps, relu=False):
+    """(y, mean, invstd) with batch statistics over every axis but 1, y clipped at 0 with
+    ``relu`` (Numba)."""
     x3 = _as_3d(x)
     n, c, s = x3.shape
     weight, bias = _affine(weight, bias, c, x3.dtype)
     y = np.empty_like(x3)
     mean, invstd = np.empty(c, x3.dtype), np.empty(c, x3.dtype)
     if s == 1:
-        _forward_2d(x3.reshape(n, c), weight, bias, float(eps), y.reshape(n, c), mean, invstd,
-                    np.empty(c, x3.dtype))
+        _forward_2d(x3.reshape(n, c), weight, bias, float(eps), bool(relu), y.reshape(n, c),
+                    mean, invstd, np.empty(c, x3.dtype))
     else:
-        _forward(x3, weight, bias, float(eps), y, mean, invstd, np.empty(c, x3.dtype),
-                 np.empty(c, x3.dtype))
+        _forward(x3, weight, bias, float(eps), bool(relu), y, mean, invstd,
+                 np.empty(c, x3.dtype), np.empty(c, x3.dtype))
     return y.reshape(x.shape), mean, invstd
 
 
 @register_kernel("batch_norm_backward", "numba", supports=_supported_backward)
-def batch_norm_backward(gy, x, weight, mean, invstd):
-    """(gx, gweight, gbias) of training-mode batch norm (Numba)."""
+def batch_norm_backward(gy, x, weight, mean, invstd, bias=None, relu=False):
+    """(gx, gweight, gbias) of training-mode batch norm, of max(y, 0) with ``relu`` (Numba)."""
     x3 = _as_3d(x)
     n, c, s = x3.shape
     gy3 = _as_3d(gy)
-    weight = np.ones(c, x3.dtype) if weight is None else contiguous(weight)
+    weight, bias = _affine(weight, bias, c, x3.dtype)
     gx = np.empty_like(x3)
     gweight, gbias = np.empty(c, x3.dtype), np.empty(c, x3.dtype)
-    statistics = (weight, contiguous(mean), contiguous(invstd))
+    statistics = (weight, bias, contiguous(mean), contiguous(invstd), bool(relu))
     outputs = (gweight, gbias, *(np.empty(c, x3.dtype) for _ in range(3)))
     if s == 1:
         _backward_2d(gy3.reshape(n, c), x3.reshape(n, c), *statistics, gx.reshape(n, c),

@@ -164,8 +164,7 @@ class BasicBlock(Module):
         super().__init__()
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False,
                             rng=rng)
-        self.bn1 = BatchNorm2d(out_channels)
-        self.relu1 = ReLU()
+        self.bn1 = BatchNorm2d(out_channels, activation="relu")     # BN + ReLU, fused
         self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, bias=False, rng=rng)
         self.bn2 = BatchNorm2d(out_channels)
         if stride != 1 or in_channels != out_channels:
@@ -174,11 +173,11 @@ class BasicBlock(Module):
                 BatchNorm2d(out_channels))
         else:
             self.shortcut = Identity()
-        self.relu2 = ReLU()
+        self.relu = ReLU()                                      # after the addition
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        return self.relu2(out + self.shortcut(x))
+        out = self.bn2(self.conv2(self.bn1(self.conv1(x))))
+        return self.relu(out + self.shortcut(x))
 
     def flops(self, inputs: tuple, output: Any) -> int:
         return int(math.prod(output.shape))  # the residual addition
@@ -194,8 +193,7 @@ class ResNet(Module):
         super().__init__()
         rng = np.random.default_rng(seed)
         self.conv1 = Conv2d(in_channels, width, 3, padding=1, bias=False, rng=rng)
-        self.bn1 = BatchNorm2d(width)
-        self.relu = ReLU()
+        self.bn1 = BatchNorm2d(width, activation="relu")            # BN + ReLU, fused
         previous = width
         for stage, count in enumerate(blocks):
             out_channels = width * 2 ** stage
@@ -226,7 +224,7 @@ class ResNet(Module):
         return (self.config["in_channels"], 32, 32)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.bn1(self.conv1(x))
         for stage in range(1, 5):
             block = self._modules.get(f"layer{stage}")
             if block is not None:

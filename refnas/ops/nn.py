@@ -9,7 +9,8 @@ import numpy as np
 from refnas.ops.conv import conv2d, conv2d_input_grad, conv2d_primitive, conv2d_weight_grad
 from refnas.ops.elementwise import _const, mul
 from refnas.ops.linalg import linear, linear_primitive
-from refnas.ops.norm import batch_norm, batch_norm_composed, batch_norm_primitive
+from refnas.ops.norm import (ACTIVATIONS as BATCH_NORM_ACTIVATIONS, batch_norm,
+                             batch_norm_composed, batch_norm_primitive)
 from refnas.ops.pool import (adaptive_avg_pool2d, adaptive_pool_matrix, avg_pool2d,
                              avg_pool2d_backward, avg_pool2d_primitive, global_avg_pool2d,
                              max_pool2d, max_pool2d_backward, max_pool2d_primitive)
@@ -21,7 +22,7 @@ __all__ = ["linear", "linear_primitive",
            "max_pool2d", "max_pool2d_primitive", "max_pool2d_backward",
            "avg_pool2d", "avg_pool2d_primitive", "avg_pool2d_backward",
            "adaptive_avg_pool2d", "adaptive_pool_matrix", "global_avg_pool2d",
-           "batch_norm", "batch_norm_primitive", "batch_norm_composed",
+           "batch_norm", "batch_norm_primitive", "batch_norm_composed", "BATCH_NORM_ACTIVATIONS",
            "dropout", "dropout_mask"]
 
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from refnas.backend import kernel, register_kernel
 from refnas.ops import sampling as S
-from refnas.ops.elementwise import _const, add, div, mul, sqrt, sub
+from refnas.ops.elementwise import (_const, add, div, mul, relu as relu_op, relu_backward,
+                                    sqrt, sub)
 from refnas.ops.reduce import mean, sum as sum_op, var
 from refnas.ops.registry import OpError, primitive
 from refnas.ops.shape import reshape
@@ -48,25 +49,31 @@ def _per_channel(ndim: int, c: int) -> tuple[int, ...]:
 # NumPy reference kernels
 # --------------------------------------------------------------------------------------------
 @register_kernel("batch_norm_forward")
-def batch_norm_forward_reference(x, weight, bias, eps: float):
+def batch_norm_forward_reference(x, weight, bias, eps: float, relu: bool = False):
     r""":math:`(y, \mu, r)` of training-mode batch norm with the biased variance (two passes:
-    the mean, then the squares of the centred values) (NumPy reference)."""
+    the mean, then the squares of the centred values), and :math:`\max(y, 0)` instead of y with
+    ``relu`` (NumPy reference)."""
     xp = _array_module(x)
     axes, shape = _axes(x.ndim), _per_channel(x.ndim, x.shape[1])
     mu = x.mean(axis=axes)
     centered = x - mu.reshape(shape)
     invstd = 1.0 / xp.sqrt((centered * centered).mean(axis=axes) + eps)
     y = centered * (invstd * weight).reshape(shape) + bias.reshape(shape)
+    if relu:
+        y = xp.maximum(y, 0)
     return tuple(a.astype(x.dtype, copy=False) for a in (y, mu, invstd))
 
 
 @register_kernel("batch_norm_backward")
-def batch_norm_backward_reference(gy, x, weight, mean, invstd):
+def batch_norm_backward_reference(gy, x, weight, mean, invstd, bias=None, relu: bool = False):
     r""":math:`(\bar x, \bar\gamma, \bar\beta)` from the saved :math:`\mu, r` (module docstring)
-    (NumPy reference)."""
+    (NumPy reference). With ``relu`` (the forward clipped y at 0), :math:`\bar y` first becomes
+    :math:`\bar y\,[\gamma \hat x + \beta > 0]`, the mask recomputed from x."""
     axes, shape = _axes(x.ndim), _per_channel(x.ndim, x.shape[1])
     m = x.size // x.shape[1]
     x_hat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    if relu:
+        gy = gy * (x_hat * weight.reshape(shape) + bias.reshape(shape) > 0)
     g_bias = gy.sum(axis=axes)
     g_weight = (gy * x_hat).sum(axis=axes)
     g_x = (weight * invstd).reshape(shape) * (
@@ -87,27 +94,37 @@ def _sample_batch_norm(draw):
     spread = np.arange(np.prod(shape) // c).reshape(shape[:1] + shape[2:]) % 3 - 1.0
     x += np.expand_dims(spread, 1)
     weight, bias = S.array(draw, (c,), "nonzero"), S.array(draw, (c,))
-    return (x, weight, bias), {"eps": draw.choice([1e-5, 1e-3])}
+    eps = draw.choice([1e-5, 1e-3])
+    # with relu only when no normalised value lies within 0.05 of the kink (finite differences
+    # across it would not be derivatives)
+    y, _, _ = batch_norm_forward_reference(x, weight, bias, eps)
+    return (x, weight, bias), {"eps": eps, "relu": draw.boolean() and np.abs(y).min() > 0.05}
 
 
 @primitive(name="batch_norm", saves=True, sample=_sample_batch_norm)
-def batch_norm_primitive(x, weight, bias, *, eps=1e-5):
+def batch_norm_primitive(x, weight, bias, *, eps=1e-5, relu=False):
     r"""Training-mode batch norm with batch statistics (fused kernel); saves :math:`\mu, r`.
+    With ``relu``, :math:`\max(y, 0)`: the ReLU that follows most batch norms, in the same pass
+    (and its backward in the batch-norm backward's passes, the mask recomputed from x), which
+    saves the two passes of a ReLU of its own.
 
     First-order VJP: the fused ``batch_norm_backward`` kernel. When the backward pass is itself
     recorded (``create_graph=True``), the same formulas are evaluated in refnas ops from x
     (:func:`_batch_norm_vjp_ops`), so second and higher derivatives exist.
     """
     _check_training("batch_norm", x, weight, bias)
-    y, mu, invstd = kernel("batch_norm_forward")(x, weight, bias, float(eps))
+    y, mu, invstd = kernel("batch_norm_forward")(x, weight, bias, float(eps), bool(relu))
     return y, {"mean": mu, "invstd": invstd}
 
 
 @batch_norm_primitive.defvjp
-def batch_norm_vjp(g, out, x, weight, bias, *, eps, mean, invstd):
+def batch_norm_vjp(g, out, x, weight, bias, *, eps, mean, invstd, relu=False):
     if not is_grad_enabled():   # a plain backward: nothing records, the fused kernel suffices
-        grads = kernel("batch_norm_backward")(g.data, x.data, weight.data, mean, invstd)
+        grads = kernel("batch_norm_backward")(g.data, x.data, weight.data, mean, invstd,
+                                              bias.data, bool(relu))
         return tuple(Tensor._wrap(a) for a in grads)
+    if relu:                    # the mask [y > 0], constant away from the kink
+        g = relu_backward(g, out)
     return _batch_norm_vjp_ops(g, x, weight, eps)
 
 
@@ -169,11 +186,16 @@ def _buffer(value: Any):
     return value.data if isinstance(value, Tensor) else value
 
 
+ACTIVATIONS = (None, "relu")
+
+
 def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None,
                running_mean: Tensor | np.ndarray | None = None,
                running_var: Tensor | np.ndarray | None = None, training: bool = True,
-               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+               momentum: float = 0.1, eps: float = 1e-5, activation: str | None = None) -> Tensor:
     r"""Batch normalisation of x (N, C) or (N, C, H, W); ``None`` weight/bias mean 1/0.
+    ``activation="relu"`` applies :math:`\max(\cdot, 0)` to the result, fused into the
+    batch-norm kernels when training (the same values and gradients as ``relu(batch_norm(x))``).
 
     Training: batch statistics (fused primitive), and the given running statistics are updated
     in place as PyTorch does, :math:`\hat\mu \leftarrow (1-\alpha)\hat\mu + \alpha\mu`,
@@ -196,15 +218,19 @@ def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
     if not 0.0 <= momentum <= 1.0 or not eps > 0:
         raise OpError(f"batch_norm: need 0 <= momentum <= 1 and eps > 0, got momentum="
                       f"{momentum}, eps={eps}")
+    if activation not in ACTIVATIONS:
+        raise OpError(f"batch_norm: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    relu = activation == "relu"
     if training:
-        y = batch_norm_primitive(x, weight, bias, eps=float(eps))
+        y = batch_norm_primitive(x, weight, bias, eps=float(eps), relu=relu)
         _update_running_stats(x.data, _buffer(running_mean), _buffer(running_var), momentum,
                               _saved_statistics(y), float(eps))
         return y
     if running_mean is None or running_var is None:
         raise OpError("batch_norm: evaluation mode (training=False) needs running_mean and "
                       "running_var")
-    return _eval_affine(x, weight, bias, _buffer(running_mean), _buffer(running_var), eps)
+    y = _eval_affine(x, weight, bias, _buffer(running_mean), _buffer(running_var), eps)
+    return relu_op(y) if relu else y
 
 
 def _saved_statistics(y: Tensor):

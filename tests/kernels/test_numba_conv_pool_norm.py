@@ -258,18 +258,19 @@ def test_batch_norm(data, dtype):
     shift = data.draw(st.sampled_from([0.0, 3.0]), label="mean offset")
     x = normal(data, shape, dtype) + dtype(shift)
     weight, bias = normal(data, (c,), dtype), normal(data, (c,), dtype)
+    relu = data.draw(st.booleans(), label="relu")                  # the fused BN + ReLU
     fast, reference = numba_and_reference("batch_norm_forward")
-    y, mean, invstd = reference(x, weight, bias, 1e-5)
+    y, mean, invstd = reference(x, weight, bias, 1e-5, relu)
     # the bound: normalised values are O(|weight| * |xhat|), invstd has the condition of 1/sigma
     scale = np.abs(y) + np.abs(weight).max() * 4 + np.abs(bias).max()
-    assert_close(fast(x, weight, bias, 1e-5), (y, mean, invstd),
+    assert_close(fast(x, weight, bias, 1e-5, relu), (y, mean, invstd),
                  bound=(scale, np.abs(mean) + shift + 1, invstd * 10))
     gy = normal(data, shape, dtype)
     fast, reference = numba_and_reference("batch_norm_backward")
-    want = reference(gy, x, weight, mean, invstd)
+    want = reference(gy, x, weight, mean, invstd, bias, relu)
     m = x.size // c
     sums = np.abs(gy).reshape(shape[0], c, -1).sum(axis=(0, 2)) * 4       # ~ sum |g| |xhat|
-    assert_close(fast(gy, x, weight, mean, invstd), want,
+    assert_close(fast(gy, x, weight, mean, invstd, bias, relu), want,
                  bound=(np.abs(want[0]) + np.abs(weight * invstd).max() * sums.max() / m * 4,
                         sums, sums))
 

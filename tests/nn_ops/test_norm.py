@@ -159,3 +159,63 @@ def test_running_stats_equal_with_and_without_a_recorded_graph(dtype, rtol, reco
     values = x.astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1)
     np.testing.assert_allclose(rm, 0.25 * values.mean(axis=1), rtol=rtol)
     np.testing.assert_allclose(rv, 0.75 + 0.25 * values.var(axis=1, ddof=1), rtol=rtol)
+
+
+@given(batches(), st.booleans())
+def test_fused_relu_equals_relu_after_batch_norm(batch, training):
+    """``activation="relu"`` gives relu(batch_norm(x)) in values, running statistics and
+    gradients, training (one fused kernel each way) and in evaluation, and to second order."""
+    x, w, b = batch
+    results = []
+    for fused in (True, False):
+        leaves = [rn.Tensor(a, requires_grad=True) for a in (x, w, b)]
+        running = [np.linspace(-1, 1, x.shape[1]), np.linspace(0.5, 2, x.shape[1])]
+        kwargs = dict(running_mean=running[0], running_var=running[1], training=training)
+        y = (ops.batch_norm(*leaves, activation="relu", **kwargs) if fused
+             else ops.relu(ops.batch_norm(*leaves, **kwargs)))
+        gy = np.random.default_rng(0).standard_normal(y.shape)
+        grads = rn.grad((y * rn.Tensor(gy)).sum(), leaves, create_graph=True)
+        second = rn.grad(sum((g * g).sum() for g in grads), leaves)
+        results.append([y.data, *running, *(g.data for g in grads), *(g.data for g in second)])
+    for fused, unfused in zip(*results):
+        np.testing.assert_allclose(fused, unfused, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_fused_relu_plain_backward_uses_the_kernels(backend, monkeypatch):
+    """A plain backward of ``activation="relu"`` is the two batch-norm kernels and nothing
+    else (no separate relu pass), and equals relu(batch_norm(x)) in float32."""
+    if backend not in rn.backend.available():
+        pytest.skip(f"{backend} backend not available")
+    from refnas.ops import elementwise, norm
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 6, 5, 5)).astype(np.float32)
+    w, b = (rng.standard_normal(6).astype(np.float32) for _ in range(2))
+    results = []
+    for fused in (True, False):
+        calls = []
+        for module in (norm, elementwise):
+            original = module.kernel
+            monkeypatch.setattr(module, "kernel", (lambda original: lambda name, *a: (
+                calls.append(name), original(name, *a))[1])(original))
+        leaves = [rn.Tensor(a, requires_grad=True) for a in (x, w, b)]
+        with rn.use_backend(backend):
+            y = (ops.batch_norm(*leaves, activation="relu") if fused
+                 else ops.relu(ops.batch_norm(*leaves)))
+            y.backward(np.ones_like(x))
+        monkeypatch.undo()
+        if fused:
+            assert calls == ["batch_norm_forward", "batch_norm_backward"], calls
+        results.append([y.data, *(t.grad.data for t in leaves)])
+    for fused, unfused in zip(*results):
+        np.testing.assert_allclose(fused, unfused, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_activation_errors():
+    from refnas import nn
+    x = rn.Tensor(np.zeros((2, 3)))
+    with pytest.raises(rn.OpError, match="activation must be one of .*'gelu'"):
+        ops.batch_norm(x, activation="gelu")
+    with pytest.raises(ValueError, match="BatchNorm2d: activation must be one of .*'tanh'"):
+        nn.BatchNorm2d(3, activation="tanh")
+    assert "activation='relu'" in repr(nn.BatchNorm2d(3, activation="relu"))
