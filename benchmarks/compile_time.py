@@ -42,13 +42,14 @@ for dtype in dtypes:
     avg = k("avg_pool2d_forward")(x, (2, 2), (2, 2), (0, 0), True)
     k("avg_pool2d_backward")(avg, x.shape, (2, 2), (2, 2), (0, 0), True)
     gamma, beta = np.ones(4, dtype), np.zeros(4, dtype)
-    out, mean, invstd = k("batch_norm_forward")(x, gamma, beta, 1e-5)
-    k("batch_norm_backward")(out, x, gamma, mean, invstd)
+    out, mean, invstd = k("batch_norm_forward")(x, gamma, beta, 1e-5, True)
+    k("batch_norm_backward")(out, x, gamma, mean, invstd, beta, True)
     for size in (10, 1 << 17):                                  # serial and parallel paths
         v = rng.standard_normal(size).astype(dtype)
         for name in ("relu", "gelu"):
             k(name + "_forward")(v)
             k(name + "_backward")(v, v)
+        k("add_relu_forward")(v, v)
         param, buf = v.copy(), np.zeros_like(v)
         k("sgd_update")(param, v, buf, 0.1, 0.9, 0.0, False, 0.0, False)
         k("adam_update")(param, v, buf, np.ones_like(v), 1, 1e-3, 0.9, 0.999, 1e-8, 0.0, True)

@@ -12,7 +12,7 @@ float32 values).
 
 Formulas (those of the NumPy references):
 
-* relu: :math:`y = \max(x, 0)`, :math:`\bar x = \bar y\,[x > 0]`;
+* relu: :math:`y = \max(x, 0)`, :math:`\bar x = \bar y\,[x > 0]`; add_relu: :math:`\max(x + y, 0)`;
 * GELU: :math:`y = x\,\Phi(x)`, :math:`\bar x = \bar y\,(\Phi(x) + x\,\varphi(x))`,
   :math:`\Phi(x) = \tfrac12(1 + \operatorname{erf}(x/\sqrt2))`;
 * softmax-cross-entropy with class weights :math:`w` and label smoothing :math:`\varepsilon`:
@@ -61,6 +61,14 @@ def _relu_backward_span(g, x, out, start, stop):
         out[i] = g[i] if x[i] > 0 else 0
 
 
+@njit(cache=True)
+def _add_relu_span(x, y, out, start, stop):
+    x, y, out = x[start:stop], y[start:stop], out[start:stop]
+    for i in range(stop - start):
+        v = x[i] + y[i]
+        out[i] = 0 if v < 0 else v    # NaN passes through, as in np.maximum(x + y, 0)
+
+
 def _relu_parallel_min_size() -> int:
     """PARALLEL_MIN_SIZE while BLAS shares Numba's (awake) pool, else never."""
     return PARALLEL_MIN_SIZE if pool_shared() else sys.maxsize
@@ -93,6 +101,16 @@ def relu_backward(g: np.ndarray, x: np.ndarray) -> np.ndarray:
                 parallel_min_size=_relu_parallel_min_size())
 
 
+def _same_shape_floats(x, y) -> bool:
+    return _float_arrays(x, y) and x.shape == y.shape
+
+
+@register_kernel("add_relu_forward", "numba", supports=_same_shape_floats)
+def add_relu_forward(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``max(x + y, 0)``, one pass over two operands of one shape (Numba)."""
+    return _map(_add_relu_span, x, y, kind=_ADD_RELU, parallel_min_size=_relu_parallel_min_size())
+
+
 # --------------------------------------------------------------------------------------------
 # GELU (exact, erf form)
 # --------------------------------------------------------------------------------------------
@@ -114,15 +132,15 @@ def _gelu_backward_span(g, x, out, start, stop):
         out[i] = g[i] * (cdf + v * pdf)
 
 
-# One parallel driver for the four activation passes: each parallel function costs about a
+# One parallel driver for the five activation passes: each parallel function costs about a
 # second to compile, and the cold compile of all kernels must stay under 30 s.
-_RELU_FORWARD, _RELU_BACKWARD, _GELU_FORWARD, _GELU_BACKWARD = 0, 1, 2, 3
+_RELU_FORWARD, _RELU_BACKWARD, _GELU_FORWARD, _GELU_BACKWARD, _ADD_RELU = 0, 1, 2, 3, 4
 
 
 @njit(cache=True, parallel=True)
 def _activation_parallel(kind, g, x, out):
     """Pass ``kind`` over chunks of CHUNK values, one chunk per ``prange`` iteration (``g`` is
-    ignored by the forward passes)."""
+    ignored by the forward passes, and is the first operand of add_relu)."""
     for k in prange((x.size + CHUNK - 1) // CHUNK):
         start, stop = k * CHUNK, min((k + 1) * CHUNK, x.size)
         if kind == _RELU_FORWARD:
@@ -131,6 +149,8 @@ def _activation_parallel(kind, g, x, out):
             _relu_backward_span(g, x, out, start, stop)
         elif kind == _GELU_FORWARD:
             _gelu_forward_span(x, out, start, stop)
+        elif kind == _ADD_RELU:
+            _add_relu_span(g, x, out, start, stop)
         else:
             _gelu_backward_span(g, x, out, start, stop)
 

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from refnas import ops
 from refnas.nn import init
 from refnas.nn.layers import (AdaptiveAvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout,
                               Flatten, Identity, Linear, MaxPool2d, ReLU,
@@ -173,14 +174,13 @@ class BasicBlock(Module):
                 BatchNorm2d(out_channels))
         else:
             self.shortcut = Identity()
-        self.relu = ReLU()                                      # after the addition
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.bn2(self.conv2(self.bn1(self.conv1(x))))
-        return self.relu(out + self.shortcut(x))
+        return ops.add_relu(out, self.shortcut(x))          # relu(out + shortcut), one pass
 
     def flops(self, inputs: tuple, output: Any) -> int:
-        return int(math.prod(output.shape))  # the residual addition
+        return 2 * int(math.prod(output.shape))  # the residual addition and the ReLU after it
 
 
 class ResNet(Module):

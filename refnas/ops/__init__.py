@@ -3,7 +3,7 @@
 Import order matters only in that every module registers its primitives on import.
 """
 from refnas.ops.registry import REGISTRY, OpError, Primitive, primitive
-from refnas.ops.elementwise import (abs, add, astype, clip, div, exp, gelu, gelu_backward, gelu_grad,
+from refnas.ops.elementwise import (abs, add, add_relu, astype, clip, div, exp, gelu, gelu_backward, gelu_grad,
                                     leaky_relu, relu_backward,
                                     log, maximum, minimum, mul, neg, pow, relu, sigmoid, softplus,
                                     sqrt, sub, tanh, where)

@@ -362,6 +362,37 @@ def relu_backward_vjp(gg, out, g, x):
     return relu_backward(gg, x), None
 
 
+@register_kernel("add_relu_forward")
+def add_relu_forward_reference(x, y):
+    r""":math:`z = \max(x + y, 0)` (NumPy reference kernel)."""
+    z = x + y
+    return np.maximum(z, z.dtype.type(0))
+
+
+def _sample_add_relu(draw):
+    """Two broadcasting operands whose sum stays 0.05 away from the kink at 0."""
+    (x, y), _ = S.binary()(draw)
+    total = x + y
+    near = np.abs(total) < 0.05
+    if near.any():
+        x = x + np.where(near, 0.1, 0.0) * np.where(total < 0, -1.0, 1.0)
+    return (x, y), {}
+
+
+@primitive(sample=_sample_add_relu)
+def add_relu(x, y):
+    r""":math:`z = \max(x + y, 0)` in one pass (a residual block's sum and the ReLU after it);
+    :math:`\bar x = \bar y = \bar z\,[z > 0]` (:func:`relu_backward` of z: the sum's own
+    pass, a memory pass as long as the ReLU's, is saved)."""
+    return kernel("add_relu_forward")(x, y)
+
+
+@add_relu.defvjp
+def add_relu_vjp(g, out, x, y):
+    masked = relu_backward(g, out)
+    return masked, masked
+
+
 def _sample_leaky(draw):
     (x,), _ = S.unary("nonzero")(draw)
     return (x,), {"negative_slope": draw.choice([0.01, 0.2])}

@@ -53,6 +53,32 @@ def test_relu_parallel_path_whatever_the_pool(dtype, monkeypatch):
     np.testing.assert_array_equal(fast(x), reference(x))
     fast, reference = numba_and_reference("relu_backward")
     np.testing.assert_array_equal(fast(g, x), reference(g, x))
+    fast, reference = numba_and_reference("add_relu_forward")
+    np.testing.assert_array_equal(fast(g, x), reference(g, x))
+
+
+@given(data=st.data(), dtype=DTYPES)
+def test_add_relu(data, dtype):
+    """max(x + y, 0) in one pass equals the reference (exactly: one rounding each), on one
+    thread or, past PARALLEL_MIN_SIZE, on the parallel driver while the pool is shared."""
+    shape = _shape(data)
+    x, y = normal(data, shape, dtype, scale=3.0), normal(data, shape, dtype)
+    fast, reference = numba_and_reference("add_relu_forward")
+    np.testing.assert_array_equal(fast(x, y), reference(x, y))
+
+
+def test_add_relu_leaves_broadcasting_to_the_reference(monkeypatch):
+    """Operands of two shapes are not the Numba kernel's: the registry falls back to the
+    reference, which broadcasts, with its one-time warning."""
+    from refnas import backend
+    from refnas.kernels import numba_elementwise
+    monkeypatch.setattr(backend, "_warned", set())          # as if no test had warned yet
+    x, y = np.ones((2, 3), np.float32), np.full((3,), -2.0, np.float32)
+    assert not numba_elementwise._same_shape_floats(x, y)
+    import refnas as rn
+    with rn.use_backend("numba"), pytest.warns(RuntimeWarning, match="add_relu_forward"):
+        z = rn.ops.add_relu(rn.tensor(x), rn.tensor(y))
+    np.testing.assert_array_equal(z.data, np.zeros((2, 3), np.float32))
 
 
 @given(data=st.data(), dtype=DTYPES, weighted=st.booleans(),
