@@ -282,13 +282,13 @@ def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
     Here x and gy are laid out channel-major: all samples of a channel are one flat range
     (``x_stride`` and ``g_stride`` apart), (N, C) planes one after another, or one plane of N
     interleaved samples. The positions are swept in ``rows`` runs of ``run`` values, ``pitch``
-    apart. It goes in strips of STRIP positions: all taps sweep one strip while its few KB of
+    apart in gy and ``x_pitch`` (if not 0) in x. It goes in strips of STRIP positions: all taps sweep one strip while its few KB of
     gy and x are in the L1 cache (one sweep per tap over whole planes ran from L2 at about half
     the speed). Each (strip, tap) adds its register sums into the tap's lanes in ``totals``;
     the lanes are added up once, at the end of the task. Positions outside the output hold
     gy = 0, so they add nothing, except that an infinite x there turns the sum into NaN where
     the reference would give an infinite one."""
-    c_in, k_out, rows, run, pitch, taps, x_stride, g_stride, strip = dims[:9]
+    c_in, k_out, rows, run, pitch, taps, x_stride, g_stride, strip, x_pitch = dims[:10]
     c_blocks = (c_in + GRAD_IN_BLOCK - 1) // GRAD_IN_BLOCK
     sums = numba.carray(_stack_array(_GRAD_SUMS, xf.dtype), (_GRAD_SUMS,))
     totals = np.empty(taps * _GRAD_SUMS, xf.dtype)
@@ -297,9 +297,11 @@ def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
         totals[:] = 0
         for r in range(rows):
             end = r * pitch + run
+            # x's runs may lie further apart than gy's (``x_pitch``, when not 0)
+            ahead = u64(r * (x_pitch - pitch)) if x_pitch else u64(0)
             for o0 in range(r * pitch, end, strip):
                 for tap in range(taps):
-                    shift = u64(offsets[u64(tap)])
+                    shift = u64(offsets[u64(tap)]) + ahead
                     for s in range(_GRAD_SUMS):
                         sums[s] = 0
                     for o in range(o0, min(o0 + strip, end), LANES):
@@ -399,8 +401,10 @@ class _Grid:
         self.length = -(-max(len(phases) * phase_length, self.span + reach) // LANES) * LANES
         # the output gradient's planes: rows of the same pitch; as long as x's when the weight
         # gradient sweeps all samples' planes in one run
-        self.g_rows = self.oh if interleave else self.rows
-        self.g_length = -(-self.g_rows * self.pitch // LANES) * LANES if interleave else \
+        # (strided, on planes of one sample, the weight gradient sweeps sample by sample)
+        own_length = interleave or self.stride != (1, 1)
+        self.g_rows = self.oh if own_length else self.rows
+        self.g_length = -(-self.g_rows * self.pitch // LANES) * LANES if own_length else \
             self.length
 
     def _pad(self, a, phases, dims, tasks, slot, size):
@@ -475,15 +479,13 @@ INTERLEAVE_MAX = {"forward": 64, "weight_grad": 256}
 
 def _interleaves(kind, n, h, w, stride=(1, 1)) -> bool:
     """Whether the ``kind`` ("forward", which serves the input gradient too, or "weight_grad")
-    of a convolution of n samples of h x w maps runs on interleaved planes. Strided weight
-    gradients always do (on planes of one sample, gy's planes would have to be as long as x's
-    phase planes); strided forwards decide by their output map, about (h/s_h) x (w/s_w)
-    (ResNet-18, ms interleaved / one plane per sample: 16x16 outputs 1.17 / 0.77, 8x8 0.76 /
-    0.73, 4x4 0.77 / 0.91)."""
+    of a convolution of n samples of h x w maps runs on interleaved planes. Strided ones decide
+    by their output map, about (h/s_h) x (w/s_w), as the stride-1 forward does (ResNet-18, ms
+    interleaved / one plane per sample: forward 16x16 outputs 1.17 / 0.77, 8x8 0.76 / 0.73,
+    4x4 0.77 / 0.91; weight gradient 16x16 1.02 / 0.91, 8x8 0.78 / 0.93, 4x4 0.91 / 0.91,
+    and 1x1: 0.41 / 0.25, 0.22 / 0.29, 0.23 / 0.37)."""
     if tuple(stride) != (1, 1):
-        if kind == "weight_grad":
-            return True
-        h, w = h // stride[0], w // stride[1]
+        h, w, kind = h // stride[0], w // stride[1], "forward"
     return h * w <= INTERLEAVE_MAX[kind] and n > 1
 
 
@@ -627,13 +629,15 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1)):
         gy_grid = grid.output_gradient(gy)
         x_grid = grid.padded_input(x, channel_major=True)    # last: still in cache
         x_stride, g_stride = grid.groups * grid.length, grid.groups * grid.g_length
-        run = grid.ow * grid.lanes
+        run, pitch, x_pitch = grid.ow * grid.lanes, grid.pitch, 0
         if grid.lanes > 1 and run % LANES == 0:              # row by row, outputs only
             rows = grid.oh
+        elif grid.lanes == 1 and stride != (1, 1):           # sample by sample
+            rows, run, pitch, x_pitch = grid.n, grid.g_length, grid.g_length, grid.length
         else:                                                # everything, zeros included
             rows, run = 1, g_stride
-        dims = (grid.c, grid.k, rows, run, grid.pitch, grid.offsets.size, x_stride, g_stride,
-                STRIP, 0, 0, 0, 0, 0, 0, 0, 0)
+        dims = (grid.c, grid.k, rows, run, pitch, grid.offsets.size, x_stride, g_stride,
+                STRIP, x_pitch, 0, 0, 0, 0, 0, 0, 0)
         _parallel(_WEIGHT_GRAD, x_grid, gy_grid, gw.reshape(-1), _EMPTY, _EMPTY, grid.offsets,
                   dims, (-(-grid.k // GRAD_OUT_BLOCK)) * (-(-grid.c // GRAD_IN_BLOCK)))
     return gw
