@@ -20,18 +20,27 @@ added up in float64.
 Both passes walk the array in memory order, sample by sample and channel by channel, so the
 hardware prefetcher streams it even when a channel's plane is short (4x4 in the last ResNet
 stage); (N, C) inputs have loops along each row of channels instead (13x the per-channel loop on
-128x256). They run on one thread: a second one was measured to gain 10-25% on a quiet machine
-and to lose up to milliseconds to a busy one (see :mod:`refnas.kernels.numba_support`).
+128x256).
+
+Threads. While BLAS shares Numba's pool (its threads then awake; see
+:mod:`refnas.kernels.numba_blas`), images of PARALLEL_MIN_SIZE values or more are split into
+two ranges of channels per thread (:func:`_channels_parallel`): channels are independent, so no
+sum crosses threads. A ResNet-18-w16 step took 82.0 instead of 85.4 ms (medians of 25,
+alternating in one process; one range per thread: 83.6 ms; the smaller maps too: no change).
+Otherwise they run on one thread: a sleeping second one costs its wake-up, up to milliseconds
+on a busy machine (see :mod:`refnas.kernels.numba_support`).
 """
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from refnas.backend import register_kernel
-from refnas.kernels.numba_support import contiguous, same_float_dtype
+from refnas.kernels.numba_support import (PARALLEL_MIN_SIZE, contiguous, pool_shared,
+                                          same_float_dtype)
 
 _FASTMATH = {"reassoc", "contract", "nsz"}     # lets LLVM vectorise the sums; NaN still flows
 
@@ -41,15 +50,16 @@ BLOCK = 256
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _shifted_sums(x, shift, total, squares):
+def _shifted_sums(x, shift, total, squares, c0, c1):
     r"""``total[c]`` :math:`= \sum (x - K_c)`, ``squares[c]`` :math:`= \sum (x - K_c)^2`
-    over every sample and position of channel c (``shift`` holds :math:`K_c` in x's dtype)."""
-    n, c, s = x.shape
+    over every sample and position of channels c0 <= c < c1 (``shift`` holds :math:`K_c` in
+    x's dtype)."""
+    n, _, s = x.shape
     zero = x.dtype.type(0)
-    total[:] = 0.0
-    squares[:] = 0.0
+    total[c0:c1] = 0.0
+    squares[c0:c1] = 0.0
     for i in range(n):
-        for ch in range(c):
+        for ch in range(c0, c1):
             row, k = x[i, ch], shift[ch]
             for start in range(0, s, BLOCK):
                 block = row[start:min(start + BLOCK, s)]
@@ -63,11 +73,11 @@ def _shifted_sums(x, shift, total, squares):
 
 
 @njit(cache=True)
-def _statistics(total, squares, count, shift, weight, eps, mean, invstd, scale):
-    r"""mean, invstd and weight*invstd per channel from the sums of x - K and (x - K)^2 over
-    ``count`` values (K = ``shift``): :math:`\mu = K + \bar d`,
+def _statistics(total, squares, count, shift, weight, eps, mean, invstd, scale, c0, c1):
+    r"""mean, invstd and weight*invstd of channels c0 <= c < c1 from the sums of x - K and
+    (x - K)^2 over ``count`` values (K = ``shift``): :math:`\mu = K + \bar d`,
     :math:`\sigma^2 = \overline{d^2} - \bar d^2`."""
-    for ch in range(mean.size):
+    for ch in range(c0, c1):
         offset = total[ch] / count
         variance = squares[ch] / count - offset * offset
         if variance < 0.0:                 # rounding; a NaN stays NaN
@@ -78,19 +88,20 @@ def _statistics(total, squares, count, shift, weight, eps, mean, invstd, scale):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _forward(x, weight, bias, eps, relu, y, mean, invstd, shift, scale):
+def _forward(x, weight, bias, eps, relu, y, mean, invstd, shift, scale, c0, c1):
+    """Channels c0 <= c < c1 of the forward."""
     n, c, s = x.shape
     count = n * s
-    for ch in range(c):                    # K_c: the mean of the channel's first row
+    for ch in range(c0, c1):               # K_c: the mean of the channel's first row
         first = 0.0
         for j in range(s):
             first += x[0, ch, j]
         shift[ch] = first / s
     total, squares = np.empty(c), np.empty(c)
-    _shifted_sums(x, shift, total, squares)
-    _statistics(total, squares, count, shift, weight, eps, mean, invstd, scale)
+    _shifted_sums(x, shift, total, squares, c0, c1)
+    _statistics(total, squares, count, shift, weight, eps, mean, invstd, scale, c0, c1)
     for i in range(n):
-        for ch in range(c):
+        for ch in range(c0, c1):
             row, out = x[i, ch], y[i, ch]
             mu, a, b = mean[ch], scale[ch], bias[ch]
             if relu:
@@ -104,11 +115,11 @@ def _forward(x, weight, bias, eps, relu, y, mean, invstd, shift, scale):
 
 @njit(cache=True)
 def _coefficients(weight, invstd, sum_g, sum_g_centred, count, gweight, gbias, coef_g, coef_x,
-                  coef_1):
-    r"""``gbias``, ``gweight``, and :math:`\bar x = a\,\bar y + b\,(x - \mu) + d` per channel:
-    :math:`a = \gamma r`, :math:`b = -\gamma r^3 \sum \bar y (x - \mu) / M`,
+                  coef_1, c0, c1):
+    r"""``gbias``, ``gweight``, and :math:`\bar x = a\,\bar y + b\,(x - \mu) + d` for channels
+    c0 <= c < c1: :math:`a = \gamma r`, :math:`b = -\gamma r^3 \sum \bar y (x - \mu) / M`,
     :math:`d = -\gamma r \sum \bar y / M` (the module formula, one multiply-add per term)."""
-    for ch in range(weight.size):
+    for ch in range(c0, c1):
         r = np.float64(invstd[ch])
         gbias[ch], gweight[ch] = sum_g[ch], sum_g_centred[ch] * r
         scale = weight[ch] * r
@@ -127,13 +138,14 @@ def _masked(g, centred, scale, shift, relu):
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _backward(gy, x, weight, bias, mean, invstd, relu, gx, gweight, gbias, coef_g, coef_x,
-              coef_1):
+              coef_1, c0, c1):
+    """Channels c0 <= c < c1 of the backward."""
     n, c, s = x.shape
     count = n * s
     zero = x.dtype.type(0)
     sum_g, sum_g_centred = np.zeros(c), np.zeros(c)
     for i in range(n):
-        for ch in range(c):
+        for ch in range(c0, c1):
             g_row, row, mu = gy[i, ch], x[i, ch], mean[ch]
             scale, shift = weight[ch] * invstd[ch], bias[ch]
             for start in range(0, s, BLOCK):
@@ -147,9 +159,9 @@ def _backward(gy, x, weight, bias, mean, invstd, relu, gx, gweight, gbias, coef_
                 sum_g[ch] += a
                 sum_g_centred[ch] += b
     _coefficients(weight, invstd, sum_g, sum_g_centred, count, gweight, gbias, coef_g, coef_x,
-                  coef_1)
+                  coef_1, c0, c1)
     for i in range(n):
-        for ch in range(c):
+        for ch in range(c0, c1):
             g_row, row, out = gy[i, ch], x[i, ch], gx[i, ch]
             mu, a, b, d = mean[ch], coef_g[ch], coef_x[ch], coef_1[ch]
             scale, shift = weight[ch] * invstd[ch], bias[ch]
@@ -171,7 +183,7 @@ def _forward_2d(x, weight, bias, eps, relu, y, mean, invstd, scale):
             d = np.float64(row[ch] - shift[ch])
             total[ch] += d
             squares[ch] += d * d
-    _statistics(total, squares, n, shift, weight, eps, mean, invstd, scale)
+    _statistics(total, squares, n, shift, weight, eps, mean, invstd, scale, 0, c)
     for i in range(n):
         row, out = x[i], y[i]
         for ch in range(c):
@@ -193,13 +205,37 @@ def _backward_2d(gy, x, weight, bias, mean, invstd, relu, gx, gweight, gbias, co
             sum_g[ch] += g
             sum_g_centred[ch] += g * np.float64(centred)
     _coefficients(weight, invstd, sum_g, sum_g_centred, n, gweight, gbias, coef_g, coef_x,
-                  coef_1)
+                  coef_1, 0, c)
     for i in range(n):
         g_row, row, out = gy[i], x[i], gx[i]
         for ch in range(c):
             centred = row[ch] - mean[ch]
             g = _masked(g_row[ch], centred, weight[ch] * invstd[ch], bias[ch], relu)
             out[ch] = coef_g[ch] * g + coef_x[ch] * centred + coef_1[ch]
+
+
+@njit(cache=True, parallel=True)
+def _channels_parallel(backward, gy, x, weight, bias, eps, relu, out, mean, invstd, a, b, c, d,
+                       e, tasks):
+    """The forward (``out`` = y, a, b = shift, scale scratch) or backward (``out`` = gx, a..e =
+    gweight, gbias and the three coefficient vectors) split over ``tasks`` ranges of channels,
+    one per ``prange`` iteration: channels are independent, so nothing is reduced across
+    threads."""
+    channels = x.shape[1]
+    for task in prange(tasks):
+        c0, c1 = task * channels // tasks, (task + 1) * channels // tasks
+        if backward:
+            _backward(gy, x, weight, bias, mean, invstd, relu, out, a, b, c, d, e, c0, c1)
+        else:
+            _forward(x, weight, bias, eps, relu, out, mean, invstd, a, b, c0, c1)
+
+
+def _tasks(x3) -> int:
+    """Ranges of channels: two per thread for large inputs while BLAS shares Numba's (awake)
+    pool, else one (a serial call)."""
+    if x3.size < PARALLEL_MIN_SIZE or x3.shape[1] < 2 or not pool_shared():
+        return 1
+    return min(x3.shape[1], 2 * numba.get_num_threads())
 
 
 def _as_3d(a):
@@ -236,8 +272,13 @@ def batch_norm_forward(x, weight, bias, eps, relu=False):
         _forward_2d(x3.reshape(n, c), weight, bias, float(eps), bool(relu), y.reshape(n, c),
                     mean, invstd, np.empty(c, x3.dtype))
     else:
-        _forward(x3, weight, bias, float(eps), bool(relu), y, mean, invstd,
-                 np.empty(c, x3.dtype), np.empty(c, x3.dtype))
+        scratch = (np.empty(c, x3.dtype), np.empty(c, x3.dtype))
+        tasks = _tasks(x3)
+        if tasks == 1:
+            _forward(x3, weight, bias, float(eps), bool(relu), y, mean, invstd, *scratch, 0, c)
+        else:
+            _channels_parallel(False, x3, x3, weight, bias, float(eps), bool(relu), y, mean,
+                               invstd, *scratch, *scratch[:1] * 3, tasks)
     return y.reshape(x.shape), mean, invstd
 
 
@@ -256,7 +297,13 @@ def batch_norm_backward(gy, x, weight, mean, invstd, bias=None, relu=False):
         _backward_2d(gy3.reshape(n, c), x3.reshape(n, c), *statistics, gx.reshape(n, c),
                      *outputs)
     else:
-        _backward(gy3, x3, *statistics, gx, *outputs)
+        tasks = _tasks(x3)
+        if tasks == 1:
+            _backward(gy3, x3, *statistics, gx, *outputs, 0, c)
+        else:
+            weight, bias, mean, invstd, relu = statistics
+            _channels_parallel(True, gy3, x3, weight, bias, 0.0, relu, gx, mean, invstd,
+                               *outputs, tasks)
     return gx.reshape(x.shape), gweight, gbias
 
 

@@ -288,34 +288,40 @@ def test_max_pool2d_nan_is_the_maximum_like_the_reference(dtype):
         np.testing.assert_array_equal(y, y_ref)          # NaN where the reference has NaN
 
 
-def _compare_batch_norm(x, weight, bias, gy):
+def _compare_batch_norm(x, weight, bias, gy, relu=False):
     """Forward and backward of the two backends agree (the bounds of test_batch_norm)."""
     c = x.shape[1]
     fast, reference = numba_and_reference("batch_norm_forward")
-    y, mean, invstd = reference(x, weight, bias, 1e-5)
+    y, mean, invstd = reference(x, weight, bias, 1e-5, relu)
     scale = np.abs(y) + np.abs(weight).max() * 4 + np.abs(bias).max()
-    assert_close(fast(x, weight, bias, 1e-5), (y, mean, invstd),
+    assert_close(fast(x, weight, bias, 1e-5, relu), (y, mean, invstd),
                  bound=(scale, np.abs(mean) + 1, invstd * 10))
     fast, reference = numba_and_reference("batch_norm_backward")
-    want = reference(gy, x, weight, mean, invstd)
+    want = reference(gy, x, weight, mean, invstd, bias, relu)
     m = x.size // c
     sums = np.abs(gy).reshape(x.shape[0], c, -1).sum(axis=(0, 2)) * 4
-    assert_close(fast(gy, x, weight, mean, invstd), want,
+    assert_close(fast(gy, x, weight, mean, invstd, bias, relu), want,
                  bound=(np.abs(want[0]) + np.abs(weight * invstd).max() * sums.max() / m * 4,
                         sums, sums))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(3, 2, 257), (2, 3, 16, 16), (2, 3, 511), (4, 5),
-                                   (128, 256), (5, 3, 1), (32, 16, 32, 32)])
-def test_batch_norm_block_edges_and_workload_size(shape, dtype):
+                                   (128, 256), (5, 3, 1), (32, 16, 32, 32), (3, 5, 300, 300)])
+@pytest.mark.parametrize("shared_pool", [True, False])
+def test_batch_norm_block_edges_and_workload_size(shape, dtype, shared_pool, monkeypatch):
     """Rows shorter than, equal to and longer than a summation block (numba_norm.BLOCK),
-    (N, C) and (N, C, 1) inputs (the loops along channels), and the first ResNet-18 stage."""
+    (N, C) and (N, C, 1) inputs (the loops along channels), and the first ResNet-18 stage; the
+    large images on ranges of channels in parallel (as while BLAS shares the pool; 5 channels
+    over 4 ranges leave them uneven) and serially, with and without the fused ReLU."""
+    from refnas.kernels import numba_norm
+    monkeypatch.setattr(numba_norm, "pool_shared", lambda: shared_pool)
     rng = np.random.default_rng(3)
     c = shape[1]
     x = rng.standard_normal(shape).astype(dtype)
     weight, bias = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
-    _compare_batch_norm(x, weight, bias, rng.standard_normal(shape).astype(dtype))
+    for relu in (False, True):
+        _compare_batch_norm(x, weight, bias, rng.standard_normal(shape).astype(dtype), relu)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
