@@ -42,6 +42,10 @@ __all__ = ["conv2d", "conv2d_primitive", "conv2d_input_grad", "conv2d_weight_gra
 # --------------------------------------------------------------------------------------------
 def pair(value: Any, name: str, op: str, minimum: int = 1) -> Pair:
     """``value`` (an int or a pair of ints) as an (height, width) pair, each ``>= minimum``."""
+    if type(value) is tuple and len(value) == 2:      # the common case, checked in a few ns
+        first, second = value
+        if type(first) is int and type(second) is int and min(first, second) >= minimum:
+            return value
     values = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
     if (len(values) != 2 or not all(isinstance(v, (int, np.integer)) for v in values)
             or any(isinstance(v, bool) for v in values) or min(values) < minimum):
