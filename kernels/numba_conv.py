@@ -1,7 +1,7 @@
 r"""Numba + BLAS kernels for 2-D convolution: forward, input gradient, weight gradient.
 
-Stride-1, ungrouped float32 convolutions on maps of 64 or more outputs go to the direct loops
-of :mod:`refnas.kernels.numba_direct` (no im2col, no BLAS); everything else is done here.
+Ungrouped float32 convolutions with 64 or more outputs per plane go to the direct loops of
+:mod:`refnas.kernels.numba_direct` (no im2col, no BLAS); everything else is done here.
 
 The arithmetic is matrix products done by the BLAS behind ``np.matmul`` (float32 sgemm, on every
 core); Numba does the memory work around them, one (sample, channel) plane per task (serially,
@@ -19,12 +19,9 @@ or over ``prange``; see PARALLEL_PACK_MIN_SIZE):
   back to the input pixel it was read from. Each parallel task owns one (sample, channel) input
   plane and adds into it alone, so no two tasks write one element (no scatter-add races).
 
-How a plane is packed depends on its geometry. For a "same" convolution (stride 1, OW = W) of a
-plane of at least GATHER_BELOW cells, row (p, q) of the columns is the plane shifted by one
-offset: one long copy, then a few edge cells zeroed. Small planes and strided convolutions are
-gathered instead: the plane is copied into a zero-bordered scratch once, then every column entry
-is one load at a precomputed index (no bounds logic per cell). A 1x1 convolution with stride 1
-and no padding needs no packing at all: its columns are the input itself.
+A plane is packed by gathering: it is copied into a zero-bordered scratch once, then every
+column entry is one load at a precomputed index (no bounds logic per cell). A 1x1 convolution
+with stride 1 and no padding needs no packing at all: its columns are the input itself.
 """
 from __future__ import annotations
 
@@ -36,79 +33,10 @@ from refnas.kernels import numba_direct as direct
 from refnas.kernels.numba_support import contiguous, same_float_dtype, scratch
 
 
-@njit(cache=True)
-def _valid_range(offset, stride, size, count):
-    """The output indices j in [0, count) with 0 <= j*stride + offset < size, as [lo, hi)."""
-    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
-    hi = 0 if size - offset <= 0 else (size - offset + stride - 1) // stride
-    lo = min(lo, count)
-    return lo, max(min(hi, count), lo)
-
-
-# The loops below copy between 1-D views over 0-based ranges: Numba then knows that no index is
-# negative, drops its wrap-around check and vectorises the loop (about 5x faster than indexing
-# the flat arrays at ``start + j``).
-@njit(cache=True)
-def _zero(a, start, stop):
-    view = a[start:stop]
-    for k in range(stop - start):
-        view[k] = 0
-
-
-@njit(cache=True)
-def _copy(destination, source, count):
-    for k in range(count):
-        destination[k] = source[k]
-
-
-@njit(cache=True)
-def _add(destination, source, count):
-    for k in range(count):
-        destination[k] += source[k]
-
-
-@njit(cache=True)
-def _shifted_block(dims, p, offset):
-    """For an aligned ("same", stride 1) convolution, kernel row p and column offset: the valid
-    output rows [first, last), the shift from column index to input index, and the range
-    [begin, end) of column indices whose input index lies inside the plane."""
-    h, w, ph, dh, oh, ow = dims[2], dims[3], dims[8], dims[10], dims[12], dims[13]
-    first = min(max(ph - p * dh, 0), oh)
-    last = max(min(h + ph - p * dh, oh), first)
-    shift = (p * dh - ph) * w + offset
-    return first, last, shift, max(first * ow, -shift), min(last * ow, h * w - shift)
-
-
-@njit(cache=True)
-def _pack_plane(plane, dims, cols, base, row_step):
-    """The KH*KW column rows of one input plane of a "same" convolution (stride 1, OW = W): row
-    (p, q), which starts at base + (p*KW + q)*row_step, is the plane shifted by one offset: one
-    long copy, then the cells that wrapped round the left or right edge are zeroed."""
-    w, kh, kw, pw, dw, oh, ow = dims[3], dims[4], dims[5], dims[9], dims[11], dims[12], dims[13]
-    for p in range(kh):
-        for q in range(kw):
-            start = base + (p * kw + q) * row_step
-            offset = q * dw - pw
-            lo, hi = _valid_range(offset, 1, w, ow)
-            first, last, shift, begin, end = _shifted_block(dims, p, offset)
-            _zero(cols, start, start + first * ow)
-            _zero(cols, start + last * ow, start + oh * ow)
-            if end > begin:
-                _copy(cols[start + begin:], plane[begin + shift:], end - begin)
-            if lo > 0 or hi < ow:                    # the cells that wrapped round an edge
-                block = cols[start:start + oh * ow]
-                for oy in range(first, last):
-                    for k in range(oy * ow, oy * ow + lo):
-                        block[k] = 0
-                    for k in range(oy * ow + hi, (oy + 1) * ow):
-                        block[k] = 0
-
-
-# Small or strided planes: per cell, the shifted copies above spend more on bookkeeping (window
-# bounds, edge fixes) than on copying. There, each plane is copied once into the interior of a
-# zero-bordered scratch, and each row (p, q) is filled by a precomputed *gather table*
-# (``_Geometry.table``): cols[row (p, q), l] = padded[table[(p*KW + q)*L + l]], one branch-free
-# load per cell; the padding cells read the zero border.
+# Each plane is copied once into the interior of a zero-bordered scratch, and each row (p, q) is
+# filled by a precomputed *gather table* (``_Geometry.table``): cols[row (p, q), l] =
+# padded[table[(p*KW + q)*L + l]], one branch-free load per cell; the padding cells read the zero
+# border.
 @njit(cache=True)
 def _fill_interior(plane, dims, padded):
     h, w, ph, pw = dims[2], dims[3], dims[8], dims[9]
@@ -164,49 +92,26 @@ def _plane_rows(dims, task, wide):
 @njit(cache=True)
 def _im2col_planes(x, dims, wide, table, cols, start, stop):
     """Pack the input planes task in [start, stop) of x (flat, N*C planes of H*W) into the flat
-    ``cols``: per sample (N, C*KH*KW, OH*OW), or, when ``wide``, side by side (C*KH*KW, N*OH*OW);
-    by shifted copies, or by the gather ``table`` when it is not empty."""
+    ``cols``: per sample (N, C*KH*KW, OH*OW), or, when ``wide``, side by side (C*KH*KW, N*OH*OW),
+    by the gather ``table``."""
     h, w = dims[2], dims[3]
     padded = np.zeros((h + 2 * dims[8]) * (w + 2 * dims[9]), x.dtype)
     for task in range(start, stop):
         base, row_step = _plane_rows(dims, task, wide)
         plane = x[task * h * w:(task + 1) * h * w]
-        if table.size:
-            _gather_plane(plane, dims, table, padded, cols, base, row_step)
-        else:
-            _pack_plane(plane, dims, cols, base, row_step)
+        _gather_plane(plane, dims, table, padded, cols, base, row_step)
 
 
 @njit(cache=True, parallel=True)
 def _planes_parallel(unpack, x, dims, wide, table, cols):
     """im2col (x -> cols) or, when ``unpack``, col2im (cols -> x) with one (sample, channel)
     plane per task. One parallel driver for both directions: each costs ~1 s to compile."""
-    for task in prange(dims[0] * dims[1]):
+    for t in prange(dims[0] * dims[1]):
+        task = np.int64(t)          # prange counts in uint64: one signature of the callees
         if unpack:
             _col2im_planes(cols, dims, wide, table, x, task, task + 1)
         else:
             _im2col_planes(x, dims, wide, table, cols, task, task + 1)
-
-
-@njit(cache=True)
-def _unpack_plane(cols, base, row_step, dims, plane):
-    """Add the KH*KW column rows of one plane (row (p, q) at base + (p*KW + q)*row_step) back into
-    the plane; the adjoint of :func:`_pack_plane`. The entries that came from padding are zeroed
-    first (``cols`` is scratch), so one long add per row (p, q) is right."""
-    h, w, kh, kw, pw, dw, ow = dims[2], dims[3], dims[4], dims[5], dims[9], dims[11], dims[13]
-    for k in range(h * w):
-        plane[k] = 0
-    for p in range(kh):
-        for q in range(kw):
-            start = base + (p * kw + q) * row_step
-            offset = q * dw - pw
-            lo, hi = _valid_range(offset, 1, w, ow)
-            first, last, shift, begin, end = _shifted_block(dims, p, offset)
-            for oy in range(first, last):
-                _zero(cols, start + oy * ow, start + oy * ow + lo)
-                _zero(cols, start + oy * ow + hi, start + (oy + 1) * ow)
-            if end > begin:
-                _add(plane[begin + shift:], cols[start + begin:], end - begin)
 
 
 @njit(cache=True)
@@ -218,10 +123,7 @@ def _col2im_planes(cols, dims, wide, table, gx, start, stop):
     for task in range(start, stop):
         base, row_step = _plane_rows(dims, task, wide)
         plane = gx[task * h * w:(task + 1) * h * w]
-        if table.size:
-            _scatter_plane(cols, base, row_step, dims, table, padded, plane)
-        else:
-            _unpack_plane(cols, base, row_step, dims, plane)
+        _scatter_plane(cols, base, row_step, dims, table, padded, plane)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,12 +149,10 @@ PARALLEL_PACK_MIN_SIZE = 1 << 22
 WIDE_BELOW = 256
 
 
-# Planes of fewer cells than this, and all strided or otherwise unaligned convolutions, are packed
-# by gather table; larger "same" convolutions by shifted copies. Measured, GB/s of columns
-# written, shifted copies (or the row-by-row copy this replaced) vs gather table: 4x4 planes
-# 2.5 vs 4.5, 8x8 7.4 vs 6.9, 14x14 15.7 vs 8.2, 32x32 25 vs -, stride 2 on 32x32 3.0 vs 7.6.
-GATHER_BELOW = 64
-
+# Every plane is packed by gather table. "Same" convolutions of 64+ cells had a second method,
+# shifted copies of the whole plane (14x14: 15.7 vs 8.2 GB/s of columns), but since the direct
+# loops took those convolutions over it served only float64 and 1-3-channel ones (a CNN-S step
+# 7.43 vs 7.56 ms without it), and it cost 3 s of the cold compile of all kernels.
 _NO_TABLE = np.empty(0, np.intp)
 _tables: dict[tuple, np.ndarray] = {}
 
@@ -292,11 +192,7 @@ class _Geometry:
         self.pointwise = (self.kernel == (1, 1) and self.stride == (1, 1)
                           and self.padding == (0, 0))
         self.wide = self.length < WIDE_BELOW
-        # a "same" convolution (stride 1, OW = W): each column row is a shifted copy of a plane
-        aligned = self.stride == (1, 1) and self.out_hw[1] == self.x_shape[3]
-        small = self.x_shape[2] * self.x_shape[3] < GATHER_BELOW
-        self.table = _gather_table(self) if (small or not aligned) and not self.pointwise \
-            else _NO_TABLE
+        self.table = _gather_table(self) if not self.pointwise else _NO_TABLE
 
     def dims(self, n: int) -> tuple[int, ...]:
         """The 14 integers the Numba kernels take, for a chunk of n samples."""

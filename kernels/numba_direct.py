@@ -168,25 +168,34 @@ def _pad_planes(source, dims, phases, target, first, last):
     samples are interleaved in one ``length``. Every value that is no input cell is zero."""
     samples, channels, h, w, top, left, sh, sw, rows, cols, lanes, length, swap = dims[:13]
     used = phases.size // 2 * rows * cols * lanes
+    interleaved = lanes > 1
     for task in range(first, last):
-        if lanes > 1:        # zeroing the plane at once beat writing the zeros sample by sample
-            c = task
-            target[c * length:(c + 1) * length] = 0
-            for n in range(samples):
-                plane = n * channels + c
-                _phase_plane(source[plane * h * w:(plane + 1) * h * w], target,
-                             c * length + n, lanes, h, w, top, left, sh, sw, rows, cols, phases,
-                             True)
+        if interleaved:      # zeroing the plane at once beat writing the zeros sample by sample
+            start, stop = task * length, (task + 1) * length
         else:
-            n, c = task // channels, task % channels
-            place = c * samples + n if swap else task
+            place = (task % channels) * samples + task // channels if swap else task
             if sh == 1 and sw == 1:
                 _pad_plane(source[task * h * w:(task + 1) * h * w],
                            target[place * length:(place + 1) * length], h, w, top, left, cols)
                 continue
-            target[place * length + used:(place + 1) * length] = 0
-            _phase_plane(source[task * h * w:(task + 1) * h * w], target, place * length, 1,
-                         h, w, top, left, sh, sw, rows, cols, phases, False)
+            start, stop = place * length + used, (place + 1) * length
+        for k in range(start, stop):
+            target[k] = 0
+        if interleaved and sh == 1 and sw == 1:        # one phase: the cells, sample by sample
+            for n in range(samples):
+                plane = u64((n * channels + task) * h * w)
+                for r in range(h):
+                    row = u64(start + ((top + r) * cols + left) * lanes + n)
+                    for k in range(w):
+                        target[row + u64(k * lanes)] = source[plane + u64(r * w + k)]
+            continue
+        # strided: the phase planes (one call site of the inlined _phase_plane: each call site
+        # is compiled anew, and this function's cold compile is counted against 30 s)
+        for n in range(samples if interleaved else 1):
+            plane = n * channels + task if interleaved else task
+            base = start + n if interleaved else place * length
+            _phase_plane(source[plane * h * w:(plane + 1) * h * w], target, base, lanes, h, w,
+                         top, left, sh, sw, rows, cols, phases, interleaved)
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +350,8 @@ def _parallel(kind, a, b, c, d, e, ints, dims, n_tasks):
     :func:`_pad_planes` (a -> e, ints = the phases), blocks of :func:`_forward_tasks` (a..e =
     padded x, w, bias, raw x, y; ints = the tap offsets) or of :func:`_weight_grad_tasks` (a, b, c = x,
     gy, gw)."""
-    for task in prange(n_tasks):
+    for t in prange(n_tasks):
+        task = np.int64(t)          # prange counts in uint64: one signature of the callees
         if kind == _PAD:
             _pad_planes(a, dims, ints, e, task, task + 1)
         elif kind == _FORWARD:

@@ -80,7 +80,9 @@ def _map(span, *arrays: np.ndarray, kind: int, parallel_min_size: int) -> np.nda
     ``parallel_min_size`` elements on; the result has the arrays' shape."""
     flats = [flat(a) for a in arrays]
     out = np.empty_like(flats[-1])
-    if out.size < parallel_min_size:
+    # float64 on one thread: a second specialisation of the parallel driver would add a second
+    # of cold compile, for a dtype used to check derivatives rather than to train fast
+    if out.size < parallel_min_size or out.dtype != np.float32:
         span(*flats, out, 0, out.size)
     else:
         _activation_parallel(kind, flats[0], flats[-1], out)
@@ -141,7 +143,8 @@ _RELU_FORWARD, _RELU_BACKWARD, _GELU_FORWARD, _GELU_BACKWARD, _ADD_RELU = 0, 1, 
 def _activation_parallel(kind, g, x, out):
     """Pass ``kind`` over chunks of CHUNK values, one chunk per ``prange`` iteration (``g`` is
     ignored by the forward passes, and is the first operand of add_relu)."""
-    for k in prange((x.size + CHUNK - 1) // CHUNK):
+    for t in prange((x.size + CHUNK - 1) // CHUNK):
+        k = np.int64(t)             # prange counts in uint64: one signature of the callees
         start, stop = k * CHUNK, min((k + 1) * CHUNK, x.size)
         if kind == _RELU_FORWARD:
             _relu_forward_span(x, out, start, stop)
@@ -230,7 +233,8 @@ def _ce_parallel(backward, logits, target, weight, has_weight, eps, g, out):
     """Rows of the loss (out (N, 1)) or, when ``backward``, of its gradient (out (N, C)), in
     chunks over ``prange``: one parallel driver for both (each costs ~1 s to compile)."""
     n, rows = logits.shape[0], max(CHUNK // logits.shape[1], 1)
-    for k in prange((n + rows - 1) // rows):
+    for t in prange((n + rows - 1) // rows):
+        k = np.int64(t)             # prange counts in uint64: one signature of the callees
         start, stop = k * rows, min((k + 1) * rows, n)
         if backward:
             _ce_backward_rows(logits, target, weight, has_weight, eps, g, out, start, stop)

@@ -24,25 +24,23 @@ stage); (N, C) inputs have loops along each row of channels instead (13x the per
 while the first has left it in L2: on ResNet-18's maps, 32x32 to 4x4, 159, 93, 86 and 75 us
 instead of 262, 145, 144 and 135 (the forward gained nothing that way).
 
-Threads. While BLAS shares Numba's pool (its threads then awake; see
-:mod:`refnas.kernels.numba_blas`), images of PARALLEL_MIN_SIZE values or more are split into
-two ranges of channels per thread (:func:`_channels_parallel`): channels are independent, so no
-sum crosses threads. A ResNet-18-w16 step took 82.0 instead of 85.4 ms (medians of 25,
-alternating in one process; one range per thread: 83.6 ms; the smaller maps too: no change).
-Otherwise they run on one thread: a sleeping second one costs its wake-up, up to milliseconds
-on a busy machine (see :mod:`refnas.kernels.numba_support`).
+They run on one thread. Split over two ranges of channels per thread while BLAS shares
+Numba's pool (no sum crosses threads), they were faster: a ResNet-18-w16 step 82.0 instead of
+85.4 ms before the backward went channel by channel, and after it the backward alone still took
+144 instead of 226 us on 32x32x16 maps and 76 instead of 124 on 16x16x32 ones (about 0.7 ms per
+step). But each parallel driver added 1.6 s (float32) to 3 s (both dtypes) to the cold compile
+of all kernels, which has to stay under 30 s, and was removed; it is the first thing to bring
+back if that budget grows.
 """
 from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from refnas.backend import register_kernel
-from refnas.kernels.numba_support import (PARALLEL_MIN_SIZE, contiguous, pool_shared,
-                                          same_float_dtype)
+from refnas.kernels.numba_support import contiguous, same_float_dtype
 
 _FASTMATH = {"reassoc", "contract", "nsz"}     # lets LLVM vectorise the sums; NaN still flows
 
@@ -215,30 +213,6 @@ def _backward_2d(gy, x, weight, bias, mean, invstd, relu, gx, gweight, gbias, co
             out[ch] = coef_g[ch] * g + coef_x[ch] * centred + coef_1[ch]
 
 
-@njit(cache=True, parallel=True)
-def _channels_parallel(backward, gy, x, weight, bias, eps, relu, out, mean, invstd, a, b, c, d,
-                       e, tasks):
-    """The forward (``out`` = y, a, b = shift, scale scratch) or backward (``out`` = gx, a..e =
-    gweight, gbias and the three coefficient vectors) split over ``tasks`` ranges of channels,
-    one per ``prange`` iteration: channels are independent, so nothing is reduced across
-    threads."""
-    channels = x.shape[1]
-    for task in prange(tasks):
-        c0, c1 = task * channels // tasks, (task + 1) * channels // tasks
-        if backward:
-            _backward(gy, x, weight, bias, mean, invstd, relu, out, a, b, c, d, e, c0, c1)
-        else:
-            _forward(x, weight, bias, eps, relu, out, mean, invstd, a, b, c0, c1)
-
-
-def _tasks(x3) -> int:
-    """Ranges of channels: two per thread for large inputs while BLAS shares Numba's (awake)
-    pool, else one (a serial call)."""
-    if x3.size < PARALLEL_MIN_SIZE or x3.shape[1] < 2 or not pool_shared():
-        return 1
-    return min(x3.shape[1], 2 * numba.get_num_threads())
-
-
 def _as_3d(a):
     """(N, C) or (N, C, H, W) -> a contiguous (N, C, S) view."""
     a = contiguous(a)
@@ -274,12 +248,7 @@ def batch_norm_forward(x, weight, bias, eps, relu=False):
                     mean, invstd, np.empty(c, x3.dtype))
     else:
         scratch = (np.empty(c, x3.dtype), np.empty(c, x3.dtype))
-        tasks = _tasks(x3)
-        if tasks == 1:
-            _forward(x3, weight, bias, float(eps), bool(relu), y, mean, invstd, *scratch, 0, c)
-        else:
-            _channels_parallel(False, x3, x3, weight, bias, float(eps), bool(relu), y, mean,
-                               invstd, *scratch, *scratch[:1] * 3, tasks)
+        _forward(x3, weight, bias, float(eps), bool(relu), y, mean, invstd, *scratch, 0, c)
     return y.reshape(x.shape), mean, invstd
 
 
@@ -298,13 +267,7 @@ def batch_norm_backward(gy, x, weight, mean, invstd, bias=None, relu=False):
         _backward_2d(gy3.reshape(n, c), x3.reshape(n, c), *statistics, gx.reshape(n, c),
                      *outputs)
     else:
-        tasks = _tasks(x3)
-        if tasks == 1:
-            _backward(gy3, x3, *statistics, gx, *outputs, 0, c)
-        else:
-            weight, bias, mean, invstd, relu = statistics
-            _channels_parallel(True, gy3, x3, weight, bias, 0.0, relu, gx, mean, invstd,
-                               *outputs, tasks)
+        _backward(gy3, x3, *statistics, gx, *outputs, 0, c)
     return gx.reshape(x.shape), gweight, gbias
 
 

@@ -37,12 +37,11 @@ def _conv_case(data):
 def _conv_strategy(data) -> ExitStack:
     """Patch the Numba convolution's layout choices to drawn values, so that every path runs on
     small inputs: per-sample or side-by-side ("wide") products, one or many chunks of samples,
-    serial or parallel packing, shifted copies or gather tables for "same" convolutions."""
+    serial or parallel packing."""
     from refnas.kernels import numba_conv
     stack = ExitStack()
     for name, values in [("WIDE_BELOW", [0, 10**9]), ("CHUNK_BYTES", [1, 1 << 23]),
-                         ("PARALLEL_PACK_MIN_SIZE", [0, 1 << 22]),
-                         ("GATHER_BELOW", [0, 10**9])]:
+                         ("PARALLEL_PACK_MIN_SIZE", [0, 1 << 22])]:
         stack.enter_context(mock.patch.object(numba_conv, name,
                                               data.draw(st.sampled_from(values), label=name)))
     return stack
@@ -308,14 +307,10 @@ def _compare_batch_norm(x, weight, bias, gy, relu=False):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(3, 2, 257), (2, 3, 16, 16), (2, 3, 511), (4, 5),
                                    (128, 256), (5, 3, 1), (32, 16, 32, 32), (3, 5, 300, 300)])
-@pytest.mark.parametrize("shared_pool", [True, False])
-def test_batch_norm_block_edges_and_workload_size(shape, dtype, shared_pool, monkeypatch):
+def test_batch_norm_block_edges_and_workload_size(shape, dtype):
     """Rows shorter than, equal to and longer than a summation block (numba_norm.BLOCK),
-    (N, C) and (N, C, 1) inputs (the loops along channels), and the first ResNet-18 stage; the
-    large images on ranges of channels in parallel (as while BLAS shares the pool; 5 channels
-    over 4 ranges leave them uneven) and serially, with and without the fused ReLU."""
-    from refnas.kernels import numba_norm
-    monkeypatch.setattr(numba_norm, "pool_shared", lambda: shared_pool)
+    (N, C) and (N, C, 1) inputs (the loops along channels), the first ResNet-18 stage and a
+    large image, with and without the fused ReLU."""
     rng = np.random.default_rng(3)
     c = shape[1]
     x = rng.standard_normal(shape).astype(dtype)
