@@ -1,8 +1,8 @@
 """Accelerated kernels of refnas, installed as ``refnas.kernels``.
 
 * :mod:`refnas.kernels.numba_cpu` registers the Numba (CPU) kernels; it imports the modules
-  ``numba_elementwise`` (relu, GELU, softmax-cross-entropy), ``numba_conv`` (convolution;
-  stride-1 float32 ones go to the register-blocked loops of ``numba_direct``),
+  ``numba_elementwise`` (relu, add_relu, GELU, softmax-cross-entropy), ``numba_conv``
+  (convolution; most float32 ones go to the register-blocked loops of ``numba_direct``),
   ``numba_pool`` (max / average pooling), ``numba_norm`` (batch norm), ``numba_optim``
   (SGD, Adam, AdamW) and ``numba_importance`` (Taylor importance); ``numba_blas`` runs
   OpenBLAS's parallel sections on Numba's thread pool (:func:`refnas.backend._share_blas_pool`).

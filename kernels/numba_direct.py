@@ -1,17 +1,20 @@
 r"""Direct 2-D convolution in Numba: no im2col, no BLAS, register-blocked loops.
 
-For stride-1, ungrouped float32 convolutions :mod:`refnas.kernels.numba_conv` hands its three
-kernels to the loops here. They compute the same sums as the reference,
+For ungrouped float32 convolutions (any stride, padding and dilation; see :func:`applies`)
+:mod:`refnas.kernels.numba_conv` hands its three kernels to the loops here. They compute the
+same sums as the reference,
 
 .. math::
-    y_{n,k,i,j} = b_k + \sum_{c,p,q} w_{k,c,p,q}\, \hat x_{n,c,\, i + p d_h,\, j + q d_w},
+    y_{n,k,i,j} = b_k + \sum_{c,p,q} w_{k,c,p,q}\, \hat x_{n,c,\, s_h i + p d_h,\, s_w j + q d_w},
     \qquad
-    \bar w_{k,c,p,q} = \sum_{n,i,j} \bar y_{n,k,i,j}\, \hat x_{n,c,\, i + p d_h,\, j + q d_w},
+    \bar w_{k,c,p,q} = \sum_{n,i,j} \bar y_{n,k,i,j}\, \hat x_{n,c,\, s_h i + p d_h,\, s_w j + q d_w},
 
 (:math:`\hat x` the zero-padded input), but read the input where it lies instead of copying
-KH*KW shifted versions of it into a column matrix first. The input gradient is the forward loop
-applied to :math:`\bar y` with the kernel flipped and its two channel axes swapped (a stride-1
-convolution's adjoint is a "full" convolution), so one loop serves both.
+KH*KW shifted versions of it into a column matrix first. The input gradient of a stride-1
+convolution is the forward loop applied to :math:`\bar y` with the kernel flipped and its two
+channel axes swapped (its adjoint is a "full" convolution), so one loop serves both; a strided
+one's goes phase by phase (:func:`_input_grad_by_phases`). Strides are phases of the input
+(:class:`_Grid`), small maps interleave the samples (ditto).
 
 **Flattened planes.** Each padded plane (HP rows of pitch WP) is one flat vector. Output
 position (i, j) is computed at flat index o = i*WP + j, and tap (p, q) reads the input at
