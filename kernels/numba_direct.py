@@ -393,8 +393,7 @@ class _Grid:
     channel holding all N samples interleaved: value (row, col, n) at (row * cols + col) * N + n.
     Then each output row is a run of OW * N values, so whole blocks fit in the row and the
     padding columns need not be computed: on 8x8 maps, 97% of the computed positions are
-    outputs instead of 67%, and 4x4 maps become worth it. Strided convolutions always
-    interleave (their output rows do not continue into the next one's input row otherwise)."""
+    outputs instead of 67%, and 4x4 maps become worth it. :func:`_interleaves` chooses."""
 
     def __init__(self, x_shape, w_shape, stride, padding, dilation, interleave):
         (self.n, self.c, self.h, self.w), (self.k, _, kh, kw) = x_shape, w_shape
@@ -424,9 +423,9 @@ class _Grid:
         self.span = -(-end // POS_BLOCK) * POS_BLOCK          # output positions, whole blocks
         # a multiple of LANES, so that the weight gradient's vectors never straddle two planes
         self.length = -(-max(len(phases) * phase_length, self.span + reach) // LANES) * LANES
-        # the output gradient's planes: rows of the same pitch; as long as x's when the weight
-        # gradient sweeps all samples' planes in one run
-        # (strided, on planes of one sample, the weight gradient sweeps sample by sample)
+        # the output gradient's planes: rows of the same pitch, and as long as x's when the
+        # weight gradient sweeps all samples' planes in one run (stride 1, a plane per sample;
+        # strided, it sweeps sample by sample, interleaved, row by row)
         own_length = interleave or self.stride != (1, 1)
         self.g_rows = self.oh if own_length else self.rows
         self.g_length = -(-self.g_rows * self.pitch // LANES) * LANES if own_length else \
@@ -489,6 +488,7 @@ def _grid(x_shape, w_shape, stride, padding, dilation, interleave) -> _Grid:
 
 def _ints(pair) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
+
 
 # the weight gradient's strips of positions (a multiple of LANES)
 STRIP = 256
@@ -566,7 +566,8 @@ def _convolve(x, w, bias, stride, padding, dilation, flipped=False):
             padded[grid.n * grid.c * grid.length:] = 0
             raw, tasks = flat(x), grid.n
         else:
-            padded, raw, tasks = grid.padded_input(x), _EMPTY, grid.groups * (-(-grid.k // OUT_BLOCK))
+            padded, raw = grid.padded_input(x), _EMPTY
+            tasks = grid.groups * -(-grid.k // OUT_BLOCK)
         _parallel(_FORWARD, padded, flat(w), _EMPTY if bias is None else flat(bias), raw,
                   y.reshape(-1), grid.offsets, grid.forward_dims(flipped), tasks)
     return y
