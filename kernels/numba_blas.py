@@ -8,7 +8,8 @@ poll too) the step took 1.5x as long. PyTorch avoids this by running everything 
 pool. OpenBLAS >= 0.3.27 lets its caller do the same: ``openblas_set_threads_callback_function``
 hands every parallel section (``numjobs`` jobs that must run at the same time, since they wait
 for each other's packed panels) to a callback. Ours is a Numba ``@cfunc`` that runs the jobs
-in a ``prange`` on Numba's pool.
+in a ``prange`` on Numba's pool (:func:`refnas.kernels.numba_jobs.run_tasks`, the driver the
+parallel kernels use too).
 
 That pool must be thread-safe (several Python threads may call BLAS at once) and survive a
 ``fork`` (the search's worker processes): Numba's TBB layer is both, so refnas selects it when
@@ -24,40 +25,12 @@ import os
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import cfunc, njit, prange, types
-from numba.extending import intrinsic
+from numba import cfunc, types
+
+from refnas.kernels.numba_jobs import run_tasks
 
 # the layers whose pools may be entered from several threads at once (workqueue may not)
 SHAREABLE_LAYERS = ("tbb", "omp")
-
-
-@intrinsic
-def _call_job(typingctx, function, thread, data, extra):
-    """Call the C function at address ``function`` as ``void f(int, void *, int)``."""
-    signature = types.void(types.intp, types.intc, types.intp, types.intc)
-
-    def codegen(context, builder, sig, args):
-        pointer = ir.IntType(8).as_pointer()
-        job_type = ir.FunctionType(ir.VoidType(), [ir.IntType(32), pointer, ir.IntType(32)])
-        job = builder.inttoptr(args[0], job_type.as_pointer())
-        builder.call(job, [args[1], builder.inttoptr(args[2], pointer), args[3]])
-        return context.get_dummy_value()
-
-    return signature, codegen
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def _run_jobs(function, numjobs, size, data, extra):
-    """Run jobs 0..numjobs-1 at once, job i on ``data + i*size``, one per thread of the pool.
-
-    The jobs wait for one another, so they need ``numjobs`` threads at the same moment: BLAS's
-    thread count is capped at the pool's size, and :func:`refnas.backend.set_num_threads` sets
-    Numba's and BLAS's counts together. (Lowering only Numba's, with ``numba.set_num_threads``,
-    in a thread that then calls a multi-threaded BLAS routine would leave jobs waiting forever.)
-    """
-    for i in prange(numjobs):
-        _call_job(function, np.intc(i), data + i * size, extra)
 
 
 # void callback(int sync, dojob_fn dojob, int numjobs, size_t size, void *data, int extra);
@@ -67,13 +40,20 @@ _CALLBACK = types.void(types.intc, types.intp, types.intc, types.intp, types.int
 
 
 def _run_blas_jobs(sync, dojob, numjobs, size, data, extra):
-    _run_jobs(dojob, numjobs, size, data, extra)
+    """Run OpenBLAS's jobs 0..numjobs-1, job i on ``data + i*size``, at once on the pool.
+
+    The jobs wait for one another, so they need ``numjobs`` threads at the same moment: BLAS's
+    thread count is capped at the pool's size, and :func:`refnas.backend.set_num_threads` sets
+    Numba's and BLAS's counts together. (Lowering only Numba's, with ``numba.set_num_threads``,
+    in a thread that then calls a multi-threaded BLAS routine would leave jobs waiting forever.)
+    """
+    run_tasks(dojob, numjobs, size, data, extra)
 
 
 def _callback():
     """The C callback, compiled (or loaded from the cache) once the pool has started: its
     machine code calls into the threading layer, whose symbols exist only from then on."""
-    _run_jobs(0, 0, 0, 0, 0)
+    run_tasks(0, 0, 0, 0, 0)
     return cfunc(_CALLBACK, cache=True)(_run_blas_jobs)
 
 

@@ -47,11 +47,12 @@ import functools
 
 import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba import uint64 as u64
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from refnas.kernels.numba_jobs import block_of, job, launch, put_vector, vector
 from refnas.kernels.numba_support import flat, pool_shared, scratch
 
 OUT_BLOCK = 4        # forward: output channels per register block
@@ -352,27 +353,53 @@ def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
 
 
 # --------------------------------------------------------------------------------------------
-# One parallel driver for the three loops: each parallel function costs about a second to
-# compile (Numba's parfor pipeline), and the cold compile of all kernels must stay under 30 s.
+# The three loops on the pool: one job (a C callback run task by task by numba_jobs's driver;
+# a parallel driver of their own had cost 4 s of the 30 s cold-compile budget)
 # --------------------------------------------------------------------------------------------
 _PAD, _FORWARD, _WEIGHT_GRAD = 0, 1, 2
 _EMPTY = np.empty(0, np.float32)
+_BLOCK = 30     # the job's arguments: kind, five float32 vectors, one int64 vector, dims
 
 
-@njit(cache=True, parallel=True)
+def _task(task, address, tasks):
+    """Task ``task`` of one loop: a plane padded by :func:`_pad_planes` (a -> e, ints = the
+    phases), a block of :func:`_forward_tasks` (a..e = padded x, w, bias, raw x, y; ints = the
+    tap offsets) or of :func:`_weight_grad_tasks` (a, b, c = x, gy, gw)."""
+    block = block_of(address, _BLOCK)
+    a, b, c = vector(block, 1, np.float32), vector(block, 3, np.float32), \
+        vector(block, 5, np.float32)
+    d, e, ints = vector(block, 7, np.float32), vector(block, 9, np.float32), \
+        vector(block, 11, np.int64)
+    dims = (block[13], block[14], block[15], block[16], block[17], block[18], block[19],
+            block[20], block[21], block[22], block[23], block[24], block[25], block[26],
+            block[27], block[28], block[29])
+    t = np.int64(task)
+    if block[0] == _PAD:
+        _pad_planes(a, dims, ints, e, t, t + 1)
+    elif block[0] == _FORWARD:
+        _forward_tasks(a, b, c, d, e, ints, dims, t, t + 1)
+    else:
+        _weight_grad_tasks(a, b, c, ints, dims, t, t + 1)
+
+
+_task_job = job(_task)
+
+
+@njit(cache=True)
+def _launch(address, kind, a, b, c, d, e, ints, dims, n_tasks):
+    block = np.empty(_BLOCK, np.int64)
+    block[0] = kind
+    for at, vector_ in ((1, a), (3, b), (5, c), (7, d), (9, e)):
+        put_vector(block, at, vector_)
+    put_vector(block, 11, ints)
+    for i in range(17):
+        block[13 + i] = dims[i]
+    launch(address, n_tasks, block)
+
+
 def _parallel(kind, a, b, c, d, e, ints, dims, n_tasks):
-    """Tasks 0..n_tasks-1 of one loop, one per iteration of a ``prange``: planes padded by
-    :func:`_pad_planes` (a -> e, ints = the phases), blocks of :func:`_forward_tasks` (a..e =
-    padded x, w, bias, raw x, y; ints = the tap offsets) or of :func:`_weight_grad_tasks` (a, b, c = x,
-    gy, gw)."""
-    for t in prange(n_tasks):
-        task = np.int64(t)          # prange counts in uint64: one signature of the callees
-        if kind == _PAD:
-            _pad_planes(a, dims, ints, e, task, task + 1)
-        elif kind == _FORWARD:
-            _forward_tasks(a, b, c, d, e, ints, dims, task, task + 1)
-        else:
-            _weight_grad_tasks(a, b, c, ints, dims, task, task + 1)
+    """Tasks 0..n_tasks-1 of loop ``kind`` (see :func:`_task`) on Numba's pool."""
+    _launch(_task_job.address, kind, a, b, c, d, e, ints, dims, n_tasks)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""numba_jobs: every parallel Numba kernel is a C callback run task by task by one ``prange``
+driver. Each task must run exactly once, read the launcher's arrays in place, and the driver must
+serve several Python threads at once."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tests.kernels.helpers import needs_numba
+
+pytestmark = needs_numba
+numba = pytest.importorskip("numba")
+
+from refnas.kernels.numba_jobs import block_of, job, launch, put_vector, vector  # noqa: E402
+
+
+def _visit(task, address, tasks):
+    """Task ``task`` adds scale * tasks + task + 1 to its own mark."""
+    block = block_of(address, 4)
+    marks = vector(block, 2, np.int64)
+    marks[task] += block[0] * tasks + task + 1
+
+
+@numba.njit(cache=True)
+def _launch_visits(address, scale, marks, tasks):
+    block = np.zeros(4, np.int64)
+    block[0] = scale
+    put_vector(block, 2, marks)
+    launch(address, tasks, block)
+
+
+@pytest.fixture(scope="module")
+def visit_job():
+    return job(_visit)
+
+
+@pytest.mark.parametrize("tasks", [0, 1, 2, 3, 64, 1001])
+def test_each_task_runs_once_on_the_launchers_arrays(visit_job, tasks):
+    marks = np.zeros(tasks + 1, np.int64)        # one slot past the last task stays untouched
+    _launch_visits(visit_job.address, 7, marks, tasks)
+    expected = np.append(7 * tasks + np.arange(1, tasks + 1), 0)
+    np.testing.assert_array_equal(marks, expected)
+
+
+@pytest.mark.timeout(120)
+def test_python_threads_launch_jobs_at_once(visit_job):
+    """Eight launches from two Python threads: each sees only its own tasks' marks."""
+    _launch_visits(visit_job.address, 0, np.zeros(1, np.int64), 1)    # the pool has started
+    if numba.threading_layer() not in ("tbb", "omp"):
+        pytest.skip("the workqueue layer aborts on parallel loops from two threads at once")
+
+    def run(scale):
+        marks = np.zeros(500, np.int64)
+        for _ in range(20):
+            _launch_visits(visit_job.address, scale, marks, 500)
+        return scale, marks
+
+    with ThreadPoolExecutor(2) as pool:
+        for scale, marks in pool.map(run, range(8)):
+            np.testing.assert_array_equal(marks, 20 * (scale * 500 + np.arange(1, 501)))
