@@ -24,23 +24,28 @@ stage); (N, C) inputs have loops along each row of channels instead (13x the per
 while the first has left it in L2: on ResNet-18's maps, 32x32 to 4x4, 159, 93, 86 and 75 us
 instead of 262, 145, 144 and 135 (the forward gained nothing that way).
 
-They run on one thread. Split over two ranges of channels per thread while BLAS shares
-Numba's pool (no sum crosses threads), they were faster: a ResNet-18-w16 step 82.0 instead of
-85.4 ms before the backward went channel by channel, and after it the backward alone still took
-144 instead of 226 us on 32x32x16 maps and 76 instead of 124 on 16x16x32 ones (about 0.7 ms per
-step). But each parallel driver added 1.6 s (float32) to 3 s (both dtypes) to the cold compile
-of all kernels, which has to stay under 30 s, and was removed; it is the first thing to bring
-back if that budget grows.
+Threads. While BLAS shares Numba's pool (its threads then awake; see
+:mod:`refnas.kernels.numba_blas`), float32 images of PARALLEL_MIN_SIZE values or more are split
+into two ranges of channels per thread (:func:`_channels_parallel`): channels are independent,
+so no sum crosses threads. The backward took 144 instead of 226 us on 32x32x16 maps and 76
+instead of 124 on 16x16x32 ones. Otherwise they run on one thread: a sleeping second one costs
+its wake-up, up to milliseconds on a busy machine (see :mod:`refnas.kernels.numba_support`).
+float64 always runs on one thread: the parallel driver costs 1.6 s of cold compile per dtype
+(the compile of all kernels has to stay under 30 s), and float64 serves to check derivatives,
+not to train fast.
 """
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit
 
 from refnas.backend import register_kernel
-from refnas.kernels.numba_support import contiguous, same_float_dtype
+from refnas.kernels.numba_jobs import block_of, job, launch, put_vector, vector
+from refnas.kernels.numba_support import (PARALLEL_MIN_SIZE, contiguous, pool_shared,
+                                          same_float_dtype)
 
 _FASTMATH = {"reassoc", "contract", "nsz"}     # lets LLVM vectorise the sums; NaN still flows
 
@@ -213,6 +218,71 @@ def _backward_2d(gy, x, weight, bias, mean, invstd, relu, gx, gweight, gbias, co
             out[ch] = coef_g[ch] * g + coef_x[ch] * centred + coef_1[ch]
 
 
+# a job's arguments: backward?, relu?, (n, c, s), then (address, length) of gy, x, out,
+# weight, bias, mean, invstd, a..e, and of eps (a float64 vector of one)
+_CHANNELS_BLOCK = 31
+
+
+def _channels_task(task, address, tasks):
+    """Range ``task`` of ``tasks`` of the channels (float32): the forward (``out`` = y, a, b =
+    shift, scale scratch) or backward (``out`` = gx, a..e = gweight, gbias and the three
+    coefficient vectors). Channels are independent, so nothing is reduced across tasks."""
+    block = block_of(address, _CHANNELS_BLOCK)
+    shape = (block[2], block[3], block[4])
+    gy, x, out = (vector(block, 5, np.float32).reshape(shape),
+                  vector(block, 7, np.float32).reshape(shape),
+                  vector(block, 9, np.float32).reshape(shape))
+    weight, bias = vector(block, 11, np.float32), vector(block, 13, np.float32)
+    mean, invstd = vector(block, 15, np.float32), vector(block, 17, np.float32)
+    a, b, c = (vector(block, 19, np.float32), vector(block, 21, np.float32),
+               vector(block, 23, np.float32))
+    d, e = vector(block, 25, np.float32), vector(block, 27, np.float32)
+    eps, relu = vector(block, 29, np.float64)[0], block[1] != 0
+    t = np.int64(task)
+    c0, c1 = t * shape[1] // tasks, (t + 1) * shape[1] // tasks
+    if block[0]:
+        _backward(gy, x, weight, bias, mean, invstd, relu, out, a, b, c, d, e, c0, c1)
+    else:
+        _forward(x, weight, bias, eps, relu, out, mean, invstd, a, b, c0, c1)
+
+
+_channels_job = job(_channels_task)
+
+
+@njit(cache=True)
+def _launch_channels(address, backward, gy, x, weight, bias, eps, relu, out, mean, invstd, a, b,
+                     c, d, e, tasks):
+    block = np.empty(_CHANNELS_BLOCK, np.int64)
+    block[0], block[1] = backward, relu
+    block[2], block[3], block[4] = x.shape
+    put_vector(block, 5, gy)
+    put_vector(block, 7, x)
+    put_vector(block, 9, out)
+    for at, vector_ in ((11, weight), (13, bias), (15, mean), (17, invstd), (19, a), (21, b),
+                        (23, c), (25, d), (27, e)):
+        put_vector(block, at, vector_)
+    epsilon = np.full(1, eps)
+    put_vector(block, 29, epsilon)
+    launch(address, tasks, block)
+
+
+def _channels_parallel(backward, gy, x, weight, bias, eps, relu, out, mean, invstd, a, b, c, d,
+                       e, tasks):
+    """:func:`_channels_task` over ``tasks`` ranges of channels on Numba's pool (float32,
+    C-contiguous (n, c, s) images and (c,) vectors)."""
+    _launch_channels(_channels_job.address, backward, gy, x, weight, bias, float(eps),
+                     bool(relu), out, mean, invstd, a, b, c, d, e, tasks)
+
+
+def _tasks(x3) -> int:
+    """Ranges of channels: two per thread for large float32 inputs while BLAS shares Numba's
+    (awake) pool, else one (a serial call)."""
+    if (x3.dtype != np.float32 or x3.size < PARALLEL_MIN_SIZE or x3.shape[1] < 2
+            or not pool_shared()):
+        return 1
+    return min(x3.shape[1], 2 * numba.get_num_threads())
+
+
 def _as_3d(a):
     """(N, C) or (N, C, H, W) -> a contiguous (N, C, S) view."""
     a = contiguous(a)
@@ -248,7 +318,12 @@ def batch_norm_forward(x, weight, bias, eps, relu=False):
                     mean, invstd, np.empty(c, x3.dtype))
     else:
         scratch = (np.empty(c, x3.dtype), np.empty(c, x3.dtype))
-        _forward(x3, weight, bias, float(eps), bool(relu), y, mean, invstd, *scratch, 0, c)
+        tasks = _tasks(x3)
+        if tasks == 1:
+            _forward(x3, weight, bias, float(eps), bool(relu), y, mean, invstd, *scratch, 0, c)
+        else:
+            _channels_parallel(False, x3, x3, weight, bias, float(eps), bool(relu), y, mean,
+                               invstd, *scratch, *scratch[:1] * 3, tasks)
     return y.reshape(x.shape), mean, invstd
 
 
@@ -267,7 +342,13 @@ def batch_norm_backward(gy, x, weight, mean, invstd, bias=None, relu=False):
         _backward_2d(gy3.reshape(n, c), x3.reshape(n, c), *statistics, gx.reshape(n, c),
                      *outputs)
     else:
-        _backward(gy3, x3, *statistics, gx, *outputs, 0, c)
+        tasks = _tasks(x3)
+        if tasks == 1:
+            _backward(gy3, x3, *statistics, gx, *outputs, 0, c)
+        else:
+            weight, bias, mean, invstd, relu = statistics
+            _channels_parallel(True, gy3, x3, weight, bias, 0.0, relu, gx, mean, invstd,
+                               *outputs, tasks)
     return gx.reshape(x.shape), gweight, gbias
 
 

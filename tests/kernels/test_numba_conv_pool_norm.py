@@ -307,10 +307,19 @@ def _compare_batch_norm(x, weight, bias, gy, relu=False):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(3, 2, 257), (2, 3, 16, 16), (2, 3, 511), (4, 5),
                                    (128, 256), (5, 3, 1), (32, 16, 32, 32), (3, 5, 300, 300)])
-def test_batch_norm_block_edges_and_workload_size(shape, dtype):
+@pytest.mark.parametrize("shared_pool", [True, False])
+def test_batch_norm_block_edges_and_workload_size(shape, dtype, shared_pool, monkeypatch):
     """Rows shorter than, equal to and longer than a summation block (numba_norm.BLOCK),
     (N, C) and (N, C, 1) inputs (the loops along channels), the first ResNet-18 stage and a
-    large image, with and without the fused ReLU."""
+    large image, with and without the fused ReLU; the large float32 images on ranges of
+    channels in parallel (as while BLAS shares the pool; 5 channels over 4 ranges leave them
+    uneven) and serially."""
+    from refnas.kernels import numba_norm
+    monkeypatch.setattr(numba_norm, "pool_shared", lambda: shared_pool)
+    large = np.prod(shape) >= numba_norm.PARALLEL_MIN_SIZE and shape[1] > 1
+    assert numba_norm._tasks(np.empty(shape, dtype).reshape(shape[0], shape[1], -1)) == (
+        min(shape[1], 2 * numba_norm.numba.get_num_threads())
+        if large and shared_pool and dtype == np.float32 else 1)
     rng = np.random.default_rng(3)
     c = shape[1]
     x = rng.standard_normal(shape).astype(dtype)
