@@ -51,6 +51,7 @@ for dtype in dtypes:
             k(name + "_forward")(v)
             k(name + "_backward")(v, v)
         k("add_relu_forward")(v, v)
+        k("add")(v, v)
         param, buf = v.copy(), np.zeros_like(v)
         k("sgd_update")(param, v, buf, 0.1, 0.9, 0.0, False, 0.0, False)
         k("adam_update")(param, v, buf, np.ones_like(v), 1, 1e-3, 0.9, 0.999, 1e-8, 0.0, True)

@@ -1,9 +1,11 @@
-r"""Numba kernels for the fused activations (relu, exact GELU) and softmax-cross-entropy.
+r"""Numba kernels for the fused activations (relu, exact GELU), the sums add and add_relu, and
+softmax-cross-entropy.
 
 Each kernel is a *span* function that does the work for elements (or rows) ``[start, stop)``;
-GELU and softmax-cross-entropy also have a parallel driver that splits the whole range into
-chunks over ``prange``, used for large inputs only, since waking the worker threads costs more
-than it saves on small ones. relu, bound by memory, always runs on one thread.
+on large float32 inputs they run chunk by chunk as a job on Numba's pool
+(:mod:`refnas.kernels.numba_jobs`), since waking the worker threads costs more than it saves on
+small ones; float64 runs on one thread. relu, add and add_relu, bound by memory, go parallel
+only while BLAS shares Numba's pool (whose threads are then awake).
 
 The span functions loop over 0-based ranges of views (``x[start:stop]``, then ``x[i]`` for
 ``i in range(stop - start)``): Numba then knows no index is negative, drops its wrap-around
@@ -12,7 +14,8 @@ float32 values).
 
 Formulas (those of the NumPy references):
 
-* relu: :math:`y = \max(x, 0)`, :math:`\bar x = \bar y\,[x > 0]`; add_relu: :math:`\max(x + y, 0)`;
+* relu: :math:`y = \max(x, 0)`, :math:`\bar x = \bar y\,[x > 0]`; add: :math:`x + y`; add_relu:
+  :math:`\max(x + y, 0)`;
 * GELU: :math:`y = x\,\Phi(x)`, :math:`\bar x = \bar y\,(\Phi(x) + x\,\varphi(x))`,
   :math:`\Phi(x) = \tfrac12(1 + \operatorname{erf}(x/\sqrt2))`;
 * softmax-cross-entropy with class weights :math:`w` and label smoothing :math:`\varepsilon`:
@@ -26,9 +29,10 @@ import math
 import sys
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from refnas.backend import register_kernel
+from refnas.kernels.numba_jobs import block_of, job, launch, put_vector, vector
 from refnas.kernels.numba_support import (CHUNK, PARALLEL_MIN_SIZE, contiguous, flat, pool_shared,
                                           same_float_dtype)
 
@@ -69,6 +73,13 @@ def _add_relu_span(x, y, out, start, stop):
         out[i] = 0 if v < 0 else v    # NaN passes through, as in np.maximum(x + y, 0)
 
 
+@njit(cache=True)
+def _add_span(x, y, out, start, stop):
+    x, y, out = x[start:stop], y[start:stop], out[start:stop]
+    for i in range(stop - start):
+        out[i] = x[i] + y[i]
+
+
 def _relu_parallel_min_size() -> int:
     """PARALLEL_MIN_SIZE while BLAS shares Numba's (awake) pool, else never."""
     return PARALLEL_MIN_SIZE if pool_shared() else sys.maxsize
@@ -107,6 +118,14 @@ def _same_shape_floats(x, y) -> bool:
     return _float_arrays(x, y) and x.shape == y.shape
 
 
+@register_kernel("add", "numba", supports=_same_shape_floats)
+def add(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``x + y`` of two operands of one shape (Numba): the backward pass's gradient sums, on
+    two threads like relu (NumPy's add runs on one; ResNet-18's step sums 16 gradients, up to
+    2 MB each)."""
+    return _map(_add_span, x, y, kind=_ADD, parallel_min_size=_relu_parallel_min_size())
+
+
 @register_kernel("add_relu_forward", "numba", supports=_same_shape_floats)
 def add_relu_forward(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``max(x + y, 0)``, one pass over two operands of one shape (Numba)."""
@@ -134,28 +153,52 @@ def _gelu_backward_span(g, x, out, start, stop):
         out[i] = g[i] * (cdf + v * pdf)
 
 
-# One parallel driver for the five activation passes: each parallel function costs about a
-# second to compile, and the cold compile of all kernels must stay under 30 s.
-_RELU_FORWARD, _RELU_BACKWARD, _GELU_FORWARD, _GELU_BACKWARD, _ADD_RELU = 0, 1, 2, 3, 4
+# The six elementwise passes on the pool: one job (a C callback run by numba_jobs's driver; a
+# parallel driver of their own costs about a second of the 30 s cold-compile budget)
+_RELU_FORWARD, _RELU_BACKWARD, _GELU_FORWARD, _GELU_BACKWARD, _ADD_RELU, _ADD = 0, 1, 2, 3, 4, 5
+_BLOCK = 7      # kind, then (address, length) of g, x and out
 
 
-@njit(cache=True, parallel=True)
+def _chunk_task(task, address, tasks):
+    """Chunk ``task`` (CHUNK values) of pass ``kind`` over float32 vectors (``g`` is ignored by
+    the forward passes, and is the first operand of add and add_relu)."""
+    block = block_of(address, _BLOCK)
+    kind = block[0]
+    g, x, out = (vector(block, 1, np.float32), vector(block, 3, np.float32),
+                 vector(block, 5, np.float32))
+    start = np.int64(task) * CHUNK
+    stop = min(start + CHUNK, x.size)
+    if kind == _RELU_FORWARD:
+        _relu_forward_span(x, out, start, stop)
+    elif kind == _RELU_BACKWARD:
+        _relu_backward_span(g, x, out, start, stop)
+    elif kind == _GELU_FORWARD:
+        _gelu_forward_span(x, out, start, stop)
+    elif kind == _ADD_RELU:
+        _add_relu_span(g, x, out, start, stop)
+    elif kind == _ADD:
+        _add_span(g, x, out, start, stop)
+    else:
+        _gelu_backward_span(g, x, out, start, stop)
+
+
+_chunk_job = job(_chunk_task)
+
+
+@njit(cache=True)
+def _launch_chunks(address, kind, g, x, out):
+    block = np.empty(_BLOCK, np.int64)
+    block[0] = kind
+    put_vector(block, 1, g)
+    put_vector(block, 3, x)
+    put_vector(block, 5, out)
+    launch(address, (x.size + CHUNK - 1) // CHUNK, block)
+
+
 def _activation_parallel(kind, g, x, out):
-    """Pass ``kind`` over chunks of CHUNK values, one chunk per ``prange`` iteration (``g`` is
-    ignored by the forward passes, and is the first operand of add_relu)."""
-    for t in prange((x.size + CHUNK - 1) // CHUNK):
-        k = np.int64(t)             # prange counts in uint64: one signature of the callees
-        start, stop = k * CHUNK, min((k + 1) * CHUNK, x.size)
-        if kind == _RELU_FORWARD:
-            _relu_forward_span(x, out, start, stop)
-        elif kind == _RELU_BACKWARD:
-            _relu_backward_span(g, x, out, start, stop)
-        elif kind == _GELU_FORWARD:
-            _gelu_forward_span(x, out, start, stop)
-        elif kind == _ADD_RELU:
-            _add_relu_span(g, x, out, start, stop)
-        else:
-            _gelu_backward_span(g, x, out, start, stop)
+    """Pass ``kind`` (see :func:`_chunk_task`) over chunks of CHUNK values of float32 vectors,
+    on Numba's pool."""
+    _launch_chunks(_chunk_job.address, kind, g, x, out)
 
 
 # erf costs ~10 ns a value: the parallel loop pays off on 8x smaller inputs than relu's.
@@ -228,18 +271,50 @@ def _ce_backward_rows(logits, target, weight, has_weight, eps, g, out, start, st
             out[i, j] = g[i] * (s * p - w_j * q)
 
 
-@njit(cache=True, parallel=True)
+# backward?, has_weight?, (n, c), out's columns, then (address, length) of logits, target,
+# weight, g, out and eps (a float64 vector of one)
+_CE_BLOCK = 17
+
+
+def _ce_task(task, address, tasks):
+    """Chunk ``task`` of rows of the loss (out (N, 1)) or, when ``backward``, of its gradient
+    (out (N, C)), float32."""
+    block = block_of(address, _CE_BLOCK)
+    n, c = block[2], block[3]
+    logits = vector(block, 5, np.float32).reshape((n, c))
+    target, weight = vector(block, 7, np.int64), vector(block, 9, np.float32)
+    g, out = vector(block, 11, np.float32), vector(block, 13, np.float32).reshape((n, block[4]))
+    eps, has_weight = vector(block, 15, np.float64)[0], block[1] != 0
+    rows = max(CHUNK // c, 1)
+    start = np.int64(task) * rows
+    stop = min(start + rows, n)
+    if block[0]:
+        _ce_backward_rows(logits, target, weight, has_weight, eps, g, out, start, stop)
+    else:
+        _ce_forward_rows(logits, target, weight, has_weight, eps, out, start, stop)
+
+
+_ce_job = job(_ce_task)
+
+
+@njit(cache=True)
+def _launch_ce(address, backward, logits, target, weight, has_weight, eps, g, out):
+    block = np.empty(_CE_BLOCK, np.int64)
+    block[0], block[1] = backward, has_weight
+    block[2], block[3], block[4] = logits.shape[0], logits.shape[1], out.shape[1]
+    epsilon = np.full(1, eps)
+    for at, vector_ in ((5, logits.reshape(-1)), (9, weight), (11, g), (13, out.reshape(-1))):
+        put_vector(block, at, vector_)
+    put_vector(block, 7, target)
+    put_vector(block, 15, epsilon)
+    rows = max(CHUNK // logits.shape[1], 1)
+    launch(address, (logits.shape[0] + rows - 1) // rows, block)
+
+
 def _ce_parallel(backward, logits, target, weight, has_weight, eps, g, out):
-    """Rows of the loss (out (N, 1)) or, when ``backward``, of its gradient (out (N, C)), in
-    chunks over ``prange``: one parallel driver for both (each costs ~1 s to compile)."""
-    n, rows = logits.shape[0], max(CHUNK // logits.shape[1], 1)
-    for t in prange((n + rows - 1) // rows):
-        k = np.int64(t)             # prange counts in uint64: one signature of the callees
-        start, stop = k * rows, min((k + 1) * rows, n)
-        if backward:
-            _ce_backward_rows(logits, target, weight, has_weight, eps, g, out, start, stop)
-        else:
-            _ce_forward_rows(logits, target, weight, has_weight, eps, out, start, stop)
+    """Rows of the loss or of its gradient in chunks of about CHUNK values, on Numba's pool
+    (float32)."""
+    _launch_ce(_ce_job.address, backward, logits, target, weight, has_weight, eps, g, out)
 
 
 def _ce_supported(logits, target, weight, label_smoothing, *g) -> bool:
@@ -258,7 +333,7 @@ def softmax_cross_entropy(logits, target, weight, label_smoothing):
     """Per-row fused softmax-cross-entropy (Numba)."""
     z, t, w = _ce_arguments(logits, target, weight)
     out = np.empty((z.shape[0], 1), z.dtype)
-    if z.size < PARALLEL_MIN_SIZE:
+    if z.size < PARALLEL_MIN_SIZE or z.dtype != np.float32:
         _ce_forward_rows(z, t, w, weight is not None, float(label_smoothing), out, 0,
                          z.shape[0])
     else:
@@ -273,12 +348,12 @@ def softmax_cross_entropy_backward(logits, target, weight, label_smoothing, g):
     z, t, w = _ce_arguments(logits, target, weight)
     out = np.empty_like(z)
     args = (z, t, w, weight is not None, float(label_smoothing), contiguous(g), out)
-    if z.size < PARALLEL_MIN_SIZE:
+    if z.size < PARALLEL_MIN_SIZE or z.dtype != np.float32:
         _ce_backward_rows(*args, 0, z.shape[0])
     else:
         _ce_parallel(True, *args)
     return out
 
 
-__all__ = ["relu_forward", "relu_backward", "gelu_forward", "gelu_backward",
-           "softmax_cross_entropy", "softmax_cross_entropy_backward"]
+__all__ = ["relu_forward", "relu_backward", "gelu_forward", "gelu_backward", "add",
+           "add_relu_forward", "softmax_cross_entropy", "softmax_cross_entropy_backward"]

@@ -762,7 +762,9 @@ def _accumulate(pending: dict[int, Tensor], x: Tensor, gx: Tensor) -> None:
     elif _mode.grad_enabled:  # create_graph: the sum is part of the recorded backward pass
         pending[key] = _ops.add(previous, gx)
     else:  # nothing to record: add the arrays (out of place: VJPs may hand out shared arrays)
-        pending[key] = Tensor._wrap(_as_array(previous.data + gx.data))
+        a, b = previous.data, gx.data
+        total = _kernel("add")(a, b) if a.shape == b.shape and a.dtype == b.dtype else a + b
+        pending[key] = Tensor._wrap(_as_array(total))
 
 
 def _propagate(node: Tensor, g: Tensor, pending: dict[int, Tensor], anomaly: bool) -> None:
@@ -850,4 +852,5 @@ def parameters_to_vector(tensors: Iterable[Tensor]) -> np.ndarray:
 
 # The ops import Tensor from this module, so they are bound last (the operators above use them).
 from refnas import ops as _ops  # noqa: E402
+from refnas.backend import kernel as _kernel  # noqa: E402
 from refnas.ops.shape import normalize_index as _normalize_index  # noqa: E402

@@ -362,6 +362,14 @@ def relu_backward_vjp(gg, out, g, x):
     return relu_backward(gg, x), None
 
 
+@register_kernel("add")
+def add_reference(x, y):
+    r""":math:`z = x + y` of two arrays of one shape and dtype (NumPy reference kernel). The
+    backward pass sums the gradients of a tensor used several times with it (a residual
+    block's input gets one from each branch)."""
+    return x + y
+
+
 @register_kernel("add_relu_forward")
 def add_relu_forward_reference(x, y):
     r""":math:`z = \max(x + y, 0)` (NumPy reference kernel)."""

@@ -55,6 +55,38 @@ def test_relu_parallel_path_whatever_the_pool(dtype, monkeypatch):
     np.testing.assert_array_equal(fast(g, x), reference(g, x))
     fast, reference = numba_and_reference("add_relu_forward")
     np.testing.assert_array_equal(fast(g, x), reference(g, x))
+    fast, reference = numba_and_reference("add")
+    np.testing.assert_array_equal(fast(g, x), reference(g, x))
+
+
+@given(data=st.data(), dtype=DTYPES)
+def test_add(data, dtype):
+    """x + y in one pass equals the reference exactly (one rounding each), on one thread or on
+    the parallel driver; infinities and NaN flow as in NumPy."""
+    shape = _shape(data)
+    x, y = normal(data, shape, dtype, scale=3.0), normal(data, shape, dtype)
+    if data.draw(st.booleans(), label="specials"):
+        count = min(3, x.size)
+        x.flat[:count] = [np.inf, -np.inf, np.nan][:count]
+    fast, reference = numba_and_reference("add")
+    np.testing.assert_array_equal(fast(x, y), reference(x, y))
+
+
+def test_the_backward_pass_sums_gradients_with_the_add_kernel():
+    """A tensor used by two ops gets the sum of their gradients through kernel "add" (on two
+    threads past PARALLEL_MIN_SIZE while the pool is shared), equal to the NumPy backend's."""
+    import refnas as rn
+    from refnas import backend
+    x = np.random.default_rng(4).standard_normal((3, PARALLEL_MIN_SIZE // 3 + 5)).astype(
+        np.float32)
+    grads = {}
+    for name in ("numpy", "numba"):
+        t = rn.tensor(x, requires_grad=True)
+        with rn.use_backend(name), backend.profile() as timing:
+            (rn.ops.relu(t) * 3.0 + rn.ops.tanh(t)).sum().backward()
+        assert timing.calls.get("add") == 1, timing.calls
+        grads[name] = t.grad.data
+    np.testing.assert_allclose(grads["numba"], grads["numpy"], rtol=1e-6, atol=1e-6)
 
 
 @given(data=st.data(), dtype=DTYPES)
