@@ -5,7 +5,7 @@ Ungrouped float32 convolutions with 64 or more outputs per plane go to the direc
 
 The arithmetic is matrix products done by the BLAS behind ``np.matmul`` (float32 sgemm, on every
 core); Numba does the memory work around them, one (sample, channel) plane per task (serially,
-or over ``prange``; see PARALLEL_PACK_MIN_SIZE):
+or as a job on Numba's pool, :mod:`refnas.kernels.numba_jobs`; see PARALLEL_PACK_MIN_SIZE):
 
 * **im2col** (Chellapilla et al. 2006) packs the receptive fields of the input into a matrix
   with one row per (channel, kernel offset) :math:`k = (c, p, q)` and one column per output
@@ -26,9 +26,10 @@ with stride 1 and no padding needs no packing at all: its columns are the input 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from refnas.backend import register_kernel
+from refnas.kernels.numba_jobs import block_of, job, launch, put_vector, vector
 from refnas.kernels import numba_direct as direct
 from refnas.kernels.numba_support import contiguous, same_float_dtype, scratch
 
@@ -102,18 +103,6 @@ def _im2col_planes(x, dims, wide, table, cols, start, stop):
         _gather_plane(plane, dims, table, padded, cols, base, row_step)
 
 
-@njit(cache=True, parallel=True)
-def _planes_parallel(unpack, x, dims, wide, table, cols):
-    """im2col (x -> cols) or, when ``unpack``, col2im (cols -> x) with one (sample, channel)
-    plane per task. One parallel driver for both directions: each costs ~1 s to compile."""
-    for t in prange(dims[0] * dims[1]):
-        task = np.int64(t)          # prange counts in uint64: one signature of the callees
-        if unpack:
-            _col2im_planes(cols, dims, wide, table, x, task, task + 1)
-        else:
-            _im2col_planes(x, dims, wide, table, cols, task, task + 1)
-
-
 @njit(cache=True)
 def _col2im_planes(cols, dims, wide, table, gx, start, stop):
     """gx (flat, N*C planes of H*W) = the adjoint of :func:`_im2col_planes` applied to cols,
@@ -124,6 +113,45 @@ def _col2im_planes(cols, dims, wide, table, gx, start, stop):
         base, row_step = _plane_rows(dims, task, wide)
         plane = gx[task * h * w:(task + 1) * h * w]
         _scatter_plane(cols, base, row_step, dims, table, padded, plane)
+
+
+_PLANES_BLOCK = 22    # unpack?, wide?, dims (14), (address, length) of x, table and cols
+
+
+def _planes_task(task, address, tasks):
+    """Plane ``task`` (= sample * C + channel) of im2col (x -> cols) or, when ``unpack``,
+    col2im (cols -> x), float32."""
+    block = block_of(address, _PLANES_BLOCK)
+    dims = (block[2], block[3], block[4], block[5], block[6], block[7], block[8], block[9],
+            block[10], block[11], block[12], block[13], block[14], block[15])
+    x, table = vector(block, 16, np.float32), vector(block, 18, np.intp)
+    cols, wide, t = vector(block, 20, np.float32), block[1] != 0, np.int64(task)
+    if block[0]:
+        _col2im_planes(cols, dims, wide, table, x, t, t + 1)
+    else:
+        _im2col_planes(x, dims, wide, table, cols, t, t + 1)
+
+
+_planes_job = job(_planes_task)
+
+
+@njit(cache=True)
+def _launch_planes(address, unpack, x, dims, wide, table, cols):
+    block = np.empty(_PLANES_BLOCK, np.int64)
+    block[0], block[1] = unpack, wide
+    for i in range(14):
+        block[2 + i] = dims[i]
+    put_vector(block, 16, x)
+    put_vector(block, 18, table)
+    put_vector(block, 20, cols)
+    launch(address, dims[0] * dims[1], block)
+
+
+def _planes_parallel(unpack, x, dims, wide, table, cols):
+    """im2col (x -> cols) or, when ``unpack``, col2im (cols -> x), one (sample, channel) plane
+    per task on Numba's pool (float32, flat C-contiguous arrays)."""
+    assert x.dtype == cols.dtype == np.float32 and table.dtype == np.intp and len(dims) == 14
+    _launch_planes(_planes_job.address, unpack, x, dims, wide, table, cols)
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,8 +167,9 @@ CHUNK_BYTES = 1 << 23
 # ResNet-18's convolutions took 125 ms per step with serial packing, 150-200 ms with parallel
 # packing (each parallel region waits to wake its workers, while BLAS's threads spin). With BLAS
 # on Numba's pool (numba_blas), packing every float32 matrix in parallel made a ResNet-18 step
-# 3-5% faster, but its parallel driver added ~3 s to the cold compile of all kernels, which
-# then passed the 30 s goal; not done.
+# 3-5% faster while im2col did all its convolutions; since the direct loops took most of them,
+# lower thresholds (every matrix, or from 64k elements) measured the same within this machine's
+# noise (ResNet-18 and CNN-S steps, alternating in one process). float64 packs on one thread.
 PARALLEL_PACK_MIN_SIZE = 1 << 22
 
 
@@ -214,7 +243,7 @@ class _Geometry:
                     if wide else cols)
         cols = buffer[:n * self.rows * self.length]
         args = (x.reshape(-1), self.dims(n), wide, self.table, cols)
-        if cols.size >= PARALLEL_PACK_MIN_SIZE:
+        if cols.size >= PARALLEL_PACK_MIN_SIZE and cols.dtype == np.float32:
             _planes_parallel(False, *args)
         else:
             _im2col_planes(*args, 0, n * self.x_shape[1])
@@ -223,7 +252,7 @@ class _Geometry:
 
     def unpack(self, cols, wide: bool, gx):
         """col2im of columns, (n, K, L) or (K, n*L) when ``wide``, into gx (n, C, H, W)."""
-        if cols.size >= PARALLEL_PACK_MIN_SIZE:
+        if cols.size >= PARALLEL_PACK_MIN_SIZE and cols.dtype == np.float32:
             _planes_parallel(True, gx.reshape(-1), self.dims(gx.shape[0]), wide, self.table,
                              cols.reshape(-1))
         else:
