@@ -20,6 +20,8 @@ C-contiguity, which the job cannot check.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit, prange, types
@@ -91,6 +93,18 @@ def launch(job_address, tasks, block):
     run_tasks(job_address, tasks, 0, block.ctypes.data, tasks)
 
 
-def job(function):
-    """``function(task, block_address, tasks)`` compiled as a C callback (cached on disk)."""
-    return cfunc(JOB, cache=True)(function)
+class job:
+    """``function(task, block_address, tasks)`` as a C callback, compiled (or loaded from the
+    disk cache) on first use: a kernel that never runs in parallel costs no compile."""
+
+    def __init__(self, function):
+        self.function = function
+        self._compiled = None
+        self._lock = threading.Lock()     # one compile: the machine code must stay alive
+
+    @property
+    def address(self) -> int:
+        with self._lock:
+            if self._compiled is None:
+                self._compiled = cfunc(JOB, cache=True)(self.function)
+            return self._compiled.address
