@@ -162,15 +162,14 @@ def _planes_parallel(unpack, x, dims, wide, table, cols):
 # would write the whole column matrix, often tens of MB, out to memory and read it back).
 CHUNK_BYTES = 1 << 23
 
-# Packing runs in parallel only for column matrices past this many elements (a sample of a large
-# image). Below, a serial pack beside BLAS's own threads was faster on this 2-core machine:
-# ResNet-18's convolutions took 125 ms per step with serial packing, 150-200 ms with parallel
-# packing (each parallel region waits to wake its workers, while BLAS's threads spin). With BLAS
-# on Numba's pool (numba_blas), packing every float32 matrix in parallel made a ResNet-18 step
-# 3-5% faster while im2col did all its convolutions; since the direct loops took most of them,
-# lower thresholds (every matrix, or from 64k elements) measured the same within this machine's
-# noise (ResNet-18 and CNN-S steps, alternating in one process). float64 packs on one thread.
-PARALLEL_PACK_MIN_SIZE = 1 << 22
+# Packing runs in parallel (a job on Numba's pool) for float32 column matrices of at least this
+# many elements; float64 packs on one thread. Measured on this 2-core machine with BLAS on
+# Numba's pool (numba_blas), alternating in one process: col2im of ResNet-18's strided input
+# gradients onto 8x8 and 4x4 maps (590k and 295k elements) took 0.87 instead of 1.05 ms and 0.75
+# instead of 0.86; whole steps, ResNet-18 72.8-73.8 against 73.5-73.8 ms and CNN-S 7.78-8.03
+# against 7.93-8.08 ms with the old 4M threshold. (Before BLAS shared the pool, serial packing
+# beside BLAS's spinning threads had been faster.)
+PARALLEL_PACK_MIN_SIZE = 1 << 16
 
 
 # Below this many output positions per sample, one product per sample is too thin for BLAS:
