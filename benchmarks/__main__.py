@@ -133,14 +133,20 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def _round_ratios(per_round: dict[str, list[float]]) -> str:
-    """numba / torch of each round (the contenders of a round ran one after the other), as
-    "lowest–highest": how far from the median ratio a single run could land."""
+    """numba / torch of each round (the contenders of a round ran one after the other, so on
+    the machine in one state), as "median (lowest–highest)": paired, the median is not moved
+    by the machine slowing down between rounds, which can move the ratio of the medians (one
+    run: MLP-M's medians gave 1.16, its rounds 0.89-1.17 with median 0.93); the range is how
+    far a single run could land."""
     numba, torch = per_round.get("numba", []), per_round.get("torch", [])
-    ratios = [a / b for a, b in zip(numba, torch) if b]
+    ratios = sorted(a / b for a, b in zip(numba, torch) if b)
     if not ratios:
         return "—"
-    low, high = min(ratios), max(ratios)
-    return f"{low:.2f}" if len(ratios) == 1 else f"{low:.2f}–{high:.2f}"
+    if len(ratios) == 1:
+        return f"{ratios[0]:.2f}"
+    middle = len(ratios) // 2
+    median = ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+    return f"{median:.2f} ({ratios[0]:.2f}–{ratios[-1]:.2f})"
 
 
 def _ms(value: float | None) -> str:
@@ -159,7 +165,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
              f"{results['matmul_gflops']:.0f} GFLOP/s at the start of the run, "
              f"{results['matmul_gflops_end']:.0f} at its end).", "",
              "| workload | refnas-numpy ms | refnas-numba ms | PyTorch CPU ms | numba / torch "
-             "| numba / torch, each round | numpy / torch | time in kernels (numba) |",
+             "| numba / torch per round: median (range) | numpy / torch "
+             "| time in kernels (numba) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, w in results["workloads"].items():
         share = w.get("kernel_share", {}).get("numba", {}).get("fraction")
