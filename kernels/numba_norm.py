@@ -26,13 +26,12 @@ instead of 262, 145, 144 and 135 (the forward gained nothing that way).
 
 Threads. While BLAS shares Numba's pool (its threads then awake; see
 :mod:`refnas.kernels.numba_blas`), float32 images of PARALLEL_MIN_SIZE values or more are split
-into two ranges of channels per thread (:func:`_channels_parallel`): channels are independent,
-so no sum crosses threads. The backward took 144 instead of 226 us on 32x32x16 maps and 76
-instead of 124 on 16x16x32 ones. Otherwise they run on one thread: a sleeping second one costs
+into two ranges of channels per thread, run as a job (:func:`_channels_parallel`,
+:mod:`refnas.kernels.numba_jobs`): channels are independent, so no sum crosses threads. The
+backward took 144 instead of 226 us on 32x32x16 maps and 76 instead of 124 on 16x16x32 ones; a
+ResNet-18 step 1.6-2.8 ms less. Otherwise they run on one thread: a sleeping second one costs
 its wake-up, up to milliseconds on a busy machine (see :mod:`refnas.kernels.numba_support`).
-float64 always runs on one thread: the parallel driver costs 1.6 s of cold compile per dtype
-(the compile of all kernels has to stay under 30 s), and float64 serves to check derivatives,
-not to train fast.
+float64 always runs on one thread: it serves to check derivatives, not to train fast.
 """
 from __future__ import annotations
 
@@ -44,8 +43,7 @@ from numba import njit
 
 from refnas.backend import register_kernel
 from refnas.kernels.numba_jobs import block_of, job, launch, put_vector, vector
-from refnas.kernels.numba_support import (PARALLEL_MIN_SIZE, contiguous, pool_shared,
-                                          same_float_dtype)
+from refnas.kernels.numba_support import contiguous, pool_shared, same_float_dtype
 
 _FASTMATH = {"reassoc", "contract", "nsz"}     # lets LLVM vectorise the sums; NaN still flows
 
@@ -272,6 +270,12 @@ def _channels_parallel(backward, gy, x, weight, bias, eps, relu, out, mean, invs
     C-contiguous (n, c, s) images and (c,) vectors)."""
     _launch_channels(_channels_job.address, backward, gy, x, weight, bias, float(eps),
                      bool(relu), out, mean, invstd, a, b, c, d, e, tasks)
+
+
+# Images of at least this many values split over channels (while the pool is shared). ResNet-18
+# steps alternating in one process: 80.1-80.6 ms from 64K values (its 8x8 and 4x4 stages too)
+# against 81.0 ms from 256K; 16K (no smaller image there) the same as 64K.
+PARALLEL_MIN_SIZE = 1 << 16
 
 
 def _tasks(x3) -> int:
