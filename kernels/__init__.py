@@ -1,11 +1,12 @@
 """Accelerated kernels of refnas, installed as ``refnas.kernels``.
 
 * :mod:`refnas.kernels.numba_cpu` registers the Numba (CPU) kernels; it imports the modules
-  ``numba_elementwise`` (relu, add_relu, GELU, softmax-cross-entropy), ``numba_conv``
+  ``numba_elementwise`` (relu, add, add_relu, GELU, softmax-cross-entropy), ``numba_conv``
   (convolution; most float32 ones go to the register-blocked loops of ``numba_direct``),
   ``numba_pool`` (max / average pooling), ``numba_norm`` (batch norm), ``numba_optim``
-  (SGD, Adam, AdamW) and ``numba_importance`` (Taylor importance); ``numba_blas`` runs
-  OpenBLAS's parallel sections on Numba's thread pool (:func:`refnas.backend._share_blas_pool`).
+  (SGD, Adam, AdamW) and ``numba_importance`` (Taylor importance). Their parallel loops are
+  jobs run by the one ``prange`` driver of ``numba_jobs``, which also runs OpenBLAS's parallel
+  sections on Numba's thread pool (``numba_blas``, :func:`refnas.backend._share_blas_pool`).
 * :mod:`refnas.kernels.cupy_gpu` registers the CuPy (GPU) kernels; CUDA C sources in ``cuda/``.
 
 Nothing here is imported by ``import refnas``: :mod:`refnas.backend` imports a backend's module
