@@ -121,8 +121,8 @@ def _same_shape_floats(x, y) -> bool:
 @register_kernel("add", "numba", supports=_same_shape_floats)
 def add(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``x + y`` of two operands of one shape (Numba): the backward pass's gradient sums, on
-    two threads like relu (NumPy's add runs on one; ResNet-18's step sums 16 gradients, up to
-    2 MB each)."""
+    two threads like relu (NumPy's add runs on one; a ResNet-18 step sums 8 pairs of
+    gradients, up to 2 MB each)."""
     return _map(_add_span, x, y, kind=_ADD, parallel_min_size=_relu_parallel_min_size())
 
 
