@@ -277,14 +277,14 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None, keep_colu
     chunk (Numba + BLAS); the bias is added as the product is written out.
 
     With ``keep_columns``, returns (y, columns): the wide column matrix (K, N*L) of the whole
-    batch when it was packed in one chunk (small maps), which :func:`conv2d_weight_grad` can
-    take instead of packing x again, else None.
+    batch when it was packed in one chunk (small maps), or, from the direct loops, x's
+    interleaved planes (:class:`numba_direct.PaddedInput`), which :func:`conv2d_weight_grad`
+    can take instead of packing x again; else None.
     """
     x, w = contiguous(x), contiguous(w)
     if direct.applies("forward", x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
-        y = direct.forward(x, w, None if bias is None else contiguous(bias), padding, dilation,
-                           stride)
-        return (y, None) if keep_columns else y
+        return direct.forward(x, w, None if bias is None else contiguous(bias), padding,
+                              dilation, stride, keep=keep_columns)
     geometry = _Geometry(x.shape, w.shape, stride, padding, dilation, groups)
     n, o, g = x.shape[0], w.shape[0], geometry.groups
     y = np.empty((n, o, *geometry.out_hw), x.dtype)
@@ -325,13 +325,14 @@ def conv2d_weight_grad(x, gy, weight_shape, stride, padding, dilation, groups, c
     x, gy = contiguous(x), contiguous(gy)
     if direct.applies("weight_grad", x.shape, weight_shape, stride, padding, dilation, groups,
                       x.dtype):
-        return direct.weight_grad(x, gy, weight_shape, padding, dilation, stride)
+        return direct.weight_grad(x, gy, weight_shape, padding, dilation, stride,
+                                  kept=columns)
     geometry = _Geometry(x.shape, weight_shape, stride, padding, dilation, groups, gy.shape[2:])
     o, g = gy.shape[1], geometry.groups
     gw = np.zeros((g, o // g, geometry.rows // g), x.dtype)
     whole = (geometry.rows, x.shape[0] * geometry.length)
-    kept = (columns is not None and columns.shape == whole and columns.dtype == x.dtype
-            and columns.flags.c_contiguous)
+    kept = (isinstance(columns, np.ndarray) and columns.shape == whole
+            and columns.dtype == x.dtype and columns.flags.c_contiguous)
     chunks = [slice(0, x.shape[0])] if kept else geometry.chunks(x.itemsize)
     buffer = None if kept else geometry.buffer(x.dtype)
     for chunk in chunks:

@@ -74,6 +74,14 @@ def _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilatio
     assert_close(direct.input_grad(gy, w, padding, dilation, stride, x_shape),
                  input_grad(gy, w, x_shape, *geometry),
                  bound=input_grad(np.abs(gy), np.abs(w), x_shape, *geometry))
+    # the forward's interleaved planes of x, kept for the weight gradient: the same sums
+    y, kept = direct.forward(x, w, bias, padding, dilation, stride, keep=True)
+    np.testing.assert_array_equal(y, direct.forward(x, w, bias, padding, dilation, stride))
+    interleaved = direct._interleaves("forward", x_shape[0], *x_shape[2:], stride)
+    assert (kept is not None) == interleaved
+    np.testing.assert_array_equal(
+        direct.weight_grad(x, gy, w_shape, padding, dilation, stride, kept=kept),
+        direct.weight_grad(x, gy, w_shape, padding, dilation, stride))
 
 
 @pytest.mark.parametrize("parallel_pad", [True, False])
@@ -190,3 +198,28 @@ def test_the_direct_loops_compile_to_vector_code(tmp_path):
     counts = dict(line.split() for line in result.stdout.splitlines())
     assert set(counts) == {"_forward_tasks", "_weight_grad_tasks"}, result.stdout
     assert all(int(n) >= 8 for n in counts.values()), counts
+
+
+def test_kept_planes_of_another_convolution_are_ignored():
+    """The weight gradient uses the forward's planes only when they are its own grid's: planes
+    of another shape (or an im2col column matrix) are not read."""
+    direct = _direct()
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((32, 64, 8, 8)).astype(np.float32)
+    other = rng.standard_normal((32, 64, 4, 4)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((32, 64, 8, 8)).astype(np.float32)
+    _, kept = direct.forward(other, w, None, (1, 1), (1, 1), keep=True)
+    assert isinstance(kept, direct.PaddedInput)
+    _, reference = numba_and_reference("conv2d_weight_grad")
+    want = reference(x, gy, w.shape, (1, 1), (1, 1), (1, 1), 1)
+    bound = reference(np.abs(x), np.abs(gy), w.shape, (1, 1), (1, 1), (1, 1), 1)
+    for columns in (kept, np.zeros((3, 3), np.float32)):
+        fast, _ = numba_and_reference("conv2d_weight_grad")
+        assert_close(fast(x, gy, w.shape, (1, 1), (1, 1), (1, 1), 1, columns=columns), want,
+                     bound=bound)
+    # and through the registered forward, which hands its planes over
+    forward, _ = numba_and_reference("conv2d_forward")
+    _, own = forward(x, w, (1, 1), (1, 1), (1, 1), 1, keep_columns=True)
+    assert isinstance(own, direct.PaddedInput)
+    assert_close(fast(x, gy, w.shape, (1, 1), (1, 1), (1, 1), 1, columns=own), want, bound=bound)
