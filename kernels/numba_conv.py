@@ -29,8 +29,8 @@ import numpy as np
 from numba import njit
 
 from refnas.backend import register_kernel
-from refnas.kernels.numba_jobs import block_of, job, launch, put_vector, vector
 from refnas.kernels import numba_direct as direct
+from refnas.kernels.numba_jobs import block_of, job, launch, put_vector, vector
 from refnas.kernels.numba_support import contiguous, same_float_dtype, scratch
 
 

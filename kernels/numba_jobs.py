@@ -93,7 +93,7 @@ def launch(job_address, tasks, block):
     run_tasks(job_address, tasks, 0, block.ctypes.data, tasks)
 
 
-class job:
+class Job:
     """``function(task, block_address, tasks)`` as a C callback, compiled (or loaded from the
     disk cache) on first use: a kernel that never runs in parallel costs no compile."""
 
@@ -108,3 +108,8 @@ class job:
             if self._compiled is None:
                 self._compiled = cfunc(JOB, cache=True)(self.function)
             return self._compiled.address
+
+
+def job(function) -> Job:
+    """The :class:`Job` of ``function(task, block_address, tasks)``."""
+    return Job(function)
