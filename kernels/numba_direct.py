@@ -582,9 +582,10 @@ def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype) ->
 
 
 class PaddedInput:
-    """The forward's interleaved planes of x, kept for the weight gradient (on interleaved
-    planes, both lay x out alike): padding x again had cost 0.07-0.26 ms per layer, ~1 ms per
-    ResNet-18 step."""
+    """The forward's planes of x, kept for the weight gradient when both run on one grid:
+    padding x again had cost 0.07-0.26 ms per layer, 1.5-2.5 ms per ResNet-18 step. Interleaved
+    planes are laid out alike for both; plain ones are the forward's (N, C) planes, which the
+    weight gradient then sweeps sample by sample."""
     __slots__ = ("grid", "planes")
 
     def __init__(self, grid, planes):
@@ -600,18 +601,21 @@ def _convolve(x, w, bias, stride, padding, dilation, flipped=False, keep=False):
     grid = _grid(x.shape, w_shape, stride, padding, dilation,
                  _interleaves("forward", x.shape[0], *x.shape[2:], stride))
     y = np.empty((grid.n, grid.k, grid.oh, grid.ow), np.float32)
+    # keep x's planes only where the weight gradient runs on the same grid
+    own = keep and (grid.lanes > 1) == _interleaves("weight_grad", x.shape[0], x.shape[2],
+                                                    x.shape[3], stride)
     kept = None
     if y.size:
         if grid.padded_here():       # each task pads its own sample into the buffer
-            padded = scratch(grid.n * grid.c * grid.length + grid.reach, np.float32,
-                             "direct input")
-            padded[grid.n * grid.c * grid.length:] = 0
+            size = grid.n * grid.c * grid.length
+            padded = np.empty(size + grid.reach, np.float32) if own else \
+                scratch(size + grid.reach, np.float32, "direct input")
+            padded[size:] = 0
             raw, tasks = flat(x), grid.n
         else:
-            own = keep and grid.lanes > 1
             padded, raw = grid.padded_input(x, own=own), _EMPTY
             tasks = grid.groups * -(-grid.k // OUT_BLOCK)
-            kept = PaddedInput(grid, padded) if own else None
+        kept = PaddedInput(grid, padded) if own else None
         _parallel(_FORWARD, padded, flat(w), _EMPTY if bias is None else flat(bias), raw,
                   y.reshape(-1), grid.offsets, grid.forward_dims(flipped), tasks)
     return (y, kept) if keep else y
@@ -698,15 +702,20 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None):
                  _interleaves("weight_grad", x.shape[0], *x.shape[2:], stride))
     gw = np.zeros(w_shape, np.float32)
     if gy.size and x.size:
+        kept_planes = kept.planes if isinstance(kept, PaddedInput) and kept.grid is grid \
+            else None
         gy_grid = grid.output_gradient(gy)
-        x_grid = kept.planes if isinstance(kept, PaddedInput) and kept.grid is grid else \
+        x_grid = kept_planes if kept_planes is not None else \
             grid.padded_input(x, channel_major=True)         # last: still in cache
         x_stride, g_stride = grid.groups * grid.length, grid.groups * grid.g_length
         run, pitch, x_pitch = grid.ow * grid.lanes, grid.pitch, 0
         if grid.lanes > 1 and run % LANES == 0:              # row by row, outputs only
             rows = grid.oh
-        elif grid.lanes == 1 and stride != (1, 1):           # sample by sample
+        elif grid.lanes == 1 and (stride != (1, 1) or kept_planes is not None):
+            # sample by sample: x channel-major, or the forward's (N, C) planes
             rows, run, pitch, x_pitch = grid.n, grid.g_length, grid.g_length, grid.length
+            if kept_planes is not None:
+                x_stride, x_pitch = grid.length, grid.c * grid.length
         else:                                                # everything, zeros included
             rows, run = 1, g_stride
         dims = (grid.c, grid.k, rows, run, pitch, grid.offsets.size, x_stride, g_stride,
