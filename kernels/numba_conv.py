@@ -268,6 +268,10 @@ def _supported(a, b, *args, bias=None, **kwargs) -> bool:
     return same_float_dtype(a, b, bias) and a.ndim == 4 and b.ndim == 4
 
 
+def _supported_backward(gy, x, w, *args, **kwargs) -> bool:
+    return same_float_dtype(gy, x, w) and gy.ndim == x.ndim == w.ndim == 4
+
+
 # --------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------
@@ -373,4 +377,22 @@ def conv2d_input_grad(gy, w, input_shape, stride, padding, dilation, groups):
     return gx
 
 
-__all__ = ["conv2d_forward", "conv2d_weight_grad", "conv2d_input_grad"]
+
+
+@register_kernel("conv2d_backward", "numba", supports=_supported_backward)
+def conv2d_backward(gy, x, w, stride, padding, dilation, groups, columns=None):
+    """(gx, gw): a stride-1 "same" convolution on the direct loops pads gy once for both
+    (:func:`numba_direct.backward`); any other, the two kernels above, one after the other."""
+    gy, x, w = contiguous(gy), contiguous(x), contiguous(w)
+    if tuple(stride) == (1, 1) and all(
+            direct.applies(kind, x.shape, w.shape, stride, padding, dilation, groups, x.dtype)
+            for kind in ("input_grad", "weight_grad")):
+        both = direct.backward(gy, x, w, padding, dilation, kept=columns)
+        if both is not None:
+            return both
+    return (conv2d_input_grad(gy, w, x.shape, stride, padding, dilation, groups),
+            conv2d_weight_grad(x, gy, w.shape, stride, padding, dilation, groups,
+                               columns=columns))
+
+
+__all__ = ["conv2d_forward", "conv2d_weight_grad", "conv2d_input_grad", "conv2d_backward"]

@@ -592,7 +592,8 @@ class PaddedInput:
         self.grid, self.planes = grid, planes
 
 
-def _convolve(x, w, bias, stride, padding, dilation, flipped=False, keep=False):
+def _convolve(x, w, bias, stride, padding, dilation, flipped=False, keep=False,
+              keep_output_planes=False):
     """y (N, K, OH, OW) = w * x (+ bias), by the register-blocked loop; ``flipped``: w is given
     as the (C, K, KH, KW) kernel whose flipped, channel-swapped self is the one to apply. With
     ``keep``, (y, :class:`PaddedInput` or None)."""
@@ -602,8 +603,9 @@ def _convolve(x, w, bias, stride, padding, dilation, flipped=False, keep=False):
                  _interleaves("forward", x.shape[0], *x.shape[2:], stride))
     y = np.empty((grid.n, grid.k, grid.oh, grid.ow), np.float32)
     # keep x's planes only where the weight gradient runs on the same grid
-    own = keep and (grid.lanes > 1) == _interleaves("weight_grad", x.shape[0], x.shape[2],
-                                                    x.shape[3], stride)
+    own = keep_output_planes or keep and (grid.lanes > 1) == _interleaves(
+        "weight_grad", x.shape[0], x.shape[2], x.shape[3], stride)
+    keep = keep or keep_output_planes
     kept = None
     if y.size:
         if grid.padded_here():       # each task pads its own sample into the buffer
@@ -640,6 +642,52 @@ def input_grad(gy, w, padding, dilation, stride=(1, 1), input_shape=None):
                          dilation, flipped=True)
     return _input_grad_by_phases(gy, w, tuple(input_shape), _ints(stride), _ints(padding),
                                  _ints(dilation))
+
+
+class _GyPlanes:
+    """gy's planes from the input gradient, as the weight gradient sweeps them: ``planes``
+    starts at output (0, 0) and ``sweep`` = (x_stride, g_stride, rows, run, pitch, x_pitch)."""
+    __slots__ = ("planes", "sweep")
+
+    def __init__(self, planes, sweep):
+        self.planes, self.sweep = planes, sweep
+
+
+def backward(gy, x, w, padding, dilation, kept=None):
+    """(gx, gw) of a stride-1 convolution, padding gy once when both gradients can share it,
+    else None.
+
+    For a "same" convolution (padding d(k - 1)/2 on both axes) the input gradient's padded
+    planes of gy have the rows of x's grid (pitch WP), with gy one padding row and column in:
+    the weight gradient reads them there, instead of laying gy out again (which cost ~2 ms of a
+    ResNet-18 step). It needs x's planes kept by :func:`forward` on its grid, in the layout the
+    input gradient's planes share: interleaved for both, or plain (N, C) ones for both."""
+    (n, c, h, wd), (k, _, kh, kw) = x.shape, w.shape
+    padding, dilation = _ints(padding), _ints(dilation)
+    if any(2 * p != d * (size - 1) for p, d, size in zip(padding, dilation, (kh, kw))):
+        return None
+    grid = _grid(x.shape, tuple(w.shape), (1, 1), padding, dilation,
+                 _interleaves("weight_grad", n, h, wd))
+    if not (isinstance(kept, PaddedInput) and kept.grid is grid):
+        return None
+    gx, planes = _convolve(gy, w, None, (1, 1), padding, dilation, flipped=True,
+                           keep_output_planes=True)
+    if planes is None or planes.grid.lanes != grid.lanes or planes.grid.pitch != grid.pitch:
+        return gx, weight_grad(x, gy, w.shape, padding, dilation, kept=kept)
+    ig = planes.grid
+    shift = (padding[0] * ig.cols + padding[1]) * ig.lanes
+    if grid.lanes > 1:                        # interleaved: row by row, output cells only
+        if grid.ow * grid.lanes % LANES:      # rows of whole vectors only
+            return gx, weight_grad(x, gy, w.shape, padding, dilation, kept=kept)
+        sweep = (grid.length, ig.length, grid.oh, grid.ow * grid.lanes, grid.pitch, 0)
+    else:                                     # (N, K) planes: sample by sample, output rows
+        run = -(-grid.oh * grid.pitch // LANES) * LANES
+        if shift + run > ig.length:           # would read into the next plane
+            return gx, weight_grad(x, gy, w.shape, padding, dilation, kept=kept)
+        sweep = (grid.length, ig.length, grid.n, run, k * ig.length, c * grid.length)
+    gw = weight_grad(x, gy, w.shape, padding, dilation, kept=kept,
+                     gy_planes=_GyPlanes(planes.planes[shift:], sweep))
+    return gx, gw
 
 
 def _by_phases(stride, padding, dilation, kernel) -> bool:
@@ -692,10 +740,10 @@ def _input_grad_by_phases(gy, w, x_shape, stride, padding, dilation):
     return gx
 
 
-def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None):
+def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_planes=None):
     """gw (K, C, KH, KW) = sum over n, i, j of gy[n, k, i, j] * x_pad[n, c, s_h i + p d_h,
     s_w j + q d_w]. ``kept``: x's planes from :func:`forward`, used when they are this grid's
-    (anything else is ignored)."""
+    (anything else is ignored); ``gy_planes``: gy's padded planes from :func:`backward`."""
     stride, padding, dilation = _ints(stride), _ints(padding), _ints(dilation)
     w_shape = tuple(int(v) for v in w_shape)
     grid = _grid(x.shape, w_shape, stride, padding, dilation,
@@ -704,12 +752,14 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None):
     if gy.size and x.size:
         kept_planes = kept.planes if isinstance(kept, PaddedInput) and kept.grid is grid \
             else None
-        gy_grid = grid.output_gradient(gy)
+        gy_grid = grid.output_gradient(gy) if gy_planes is None else gy_planes.planes
         x_grid = kept_planes if kept_planes is not None else \
             grid.padded_input(x, channel_major=True)         # last: still in cache
         x_stride, g_stride = grid.groups * grid.length, grid.groups * grid.g_length
         run, pitch, x_pitch = grid.ow * grid.lanes, grid.pitch, 0
-        if grid.lanes > 1 and run % LANES == 0:              # row by row, outputs only
+        if gy_planes is not None:                 # gy inside the input gradient's planes
+            x_stride, g_stride, rows, run, pitch, x_pitch = gy_planes.sweep
+        elif grid.lanes > 1 and run % LANES == 0:            # row by row, outputs only
             rows = grid.oh
         elif grid.lanes == 1 and (stride != (1, 1) or kept_planes is not None):
             # sample by sample: x channel-major, or the forward's (N, C) planes

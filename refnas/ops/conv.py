@@ -208,6 +208,16 @@ def conv2d_input_grad_reference(gy, w, input_shape, stride: Pair, padding: Pair,
 # --------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------
+@register_kernel("conv2d_backward")
+def conv2d_backward_reference(gy, x, w, stride: Pair, padding: Pair, dilation: Pair,
+                              groups: int, columns=None):
+    r"""Both gradients of conv2d, :math:`(\bar x, \bar w)`: the two reference kernels above, one
+    after the other (NumPy reference kernel). An accelerated kernel may share work between them
+    (the Numba one pads :math:`\bar y` once for both)."""
+    return (conv2d_input_grad_reference(gy, w, x.shape, stride, padding, dilation, groups),
+            conv2d_weight_grad_reference(x, gy, w.shape, stride, padding, dilation, groups))
+
+
 def _geometry(op: str, stride, padding, dilation, groups) -> dict:
     if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
         raise OpError(f"{op}: groups must be a positive int, got {groups!r}")
@@ -298,10 +308,19 @@ def conv2d_primitive(x, w, b=None, *, stride=(1, 1), padding=(0, 0), dilation=(1
 @conv2d_primitive.defvjp
 def conv2d_vjp(g, out, x, w, b=None, *, stride, padding, dilation, groups, columns=None):
     geometry = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
-    gx = conv2d_input_grad(g, w, input_shape=x.shape, **geometry) if x.requires_grad else None
-    kept = {} if columns is None else {"columns": columns}
-    gw = conv2d_weight_grad(x, g, weight_shape=w.shape, **kept, **geometry) \
-        if w.requires_grad else None
+    if x.requires_grad and w.requires_grad and not is_grad_enabled():
+        # both gradients and no graph of this backward pass to record: one kernel, which may
+        # share work between them (the primitives below stay differentiable for create_graph)
+        gx, gw = kernel("conv2d_backward")(g.data, x.data, w.data,
+                                           *_pairs(_geometry("conv2d", **geometry)),
+                                           columns=columns)
+        gx, gw = Tensor._wrap(gx), Tensor._wrap(gw)
+    else:
+        gx = conv2d_input_grad(g, w, input_shape=x.shape, **geometry) if x.requires_grad \
+            else None
+        kept = {} if columns is None else {"columns": columns}
+        gw = conv2d_weight_grad(x, g, weight_shape=w.shape, **kept, **geometry) \
+            if w.requires_grad else None
     if b is None:
         return gx, gw
     return gx, gw, (sum_op(g, axis=(0, 2, 3)) if b.requires_grad else None)

@@ -86,6 +86,13 @@ def _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilatio
     assert_close(direct.weight_grad(x, gy, w_shape, padding, dilation, stride, kept=kept),
                  weight_grad(x, gy, w_shape, *geometry),
                  bound=weight_grad(np.abs(x), np.abs(gy), w_shape, *geometry))
+    # both gradients at once, gy padded once ("same" stride-1 convolutions; else None)
+    both = direct.backward(gy, x, w, padding, dilation, kept=kept) if stride == (1, 1) else None
+    if both is not None:
+        assert_close(both, (input_grad(gy, w, x_shape, *geometry),
+                            weight_grad(x, gy, w_shape, *geometry)),
+                     bound=(input_grad(np.abs(gy), np.abs(w), x_shape, *geometry),
+                            weight_grad(np.abs(x), np.abs(gy), w_shape, *geometry)))
 
 
 @pytest.mark.parametrize("parallel_pad", [True, False])
@@ -227,3 +234,57 @@ def test_kept_planes_of_another_convolution_are_ignored():
     _, own = forward(x, w, (1, 1), (1, 1), (1, 1), 1, keep_columns=True)
     assert isinstance(own, direct.PaddedInput)
     assert_close(fast(x, gy, w.shape, (1, 1), (1, 1), (1, 1), 1, columns=own), want, bound=bound)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding, dilation", [
+    ((32, 16, 32, 32), (16, 16, 3, 3), 1, 1),      # plain (N, C) planes, each task pads its sample
+    ((4, 5, 17, 17), (6, 5, 3, 3), 1, 1),          # plain planes padded in one pass
+    ((32, 64, 8, 8), (64, 64, 3, 3), 1, 1),        # interleaved
+    ((32, 128, 4, 4), (128, 128, 3, 3), 1, 1),
+    ((8, 4, 20, 18), (5, 4, 3, 3), 2, 2),          # dilated
+    ((8, 6, 17, 17), (7, 6, 5, 5), 2, 1)])         # 5x5
+def test_both_gradients_share_the_padded_output_gradient(x_shape, w_shape, padding, dilation,
+                                                         monkeypatch):
+    """conv2d_backward of a stride-1 "same" convolution whose forward kept x's planes reads gy
+    from the input gradient's planes (it never lays gy out for the weight gradient) and equals
+    the two reference kernels; without kept planes it runs the two kernels."""
+    direct = _direct()
+    rng = np.random.default_rng(5)
+    geometry = ((1, 1), (padding, padding), (dilation, dilation), 1)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    forward, _ = numba_and_reference("conv2d_forward")
+    y, kept = forward(x, w, *geometry, keep_columns=True)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    fast, reference = numba_and_reference("conv2d_backward")
+    want = reference(gy, x, w, *geometry)
+    bound = reference(np.abs(gy), np.abs(x), np.abs(w), *geometry)
+    laid_out = []
+    real = direct._Grid.output_gradient
+    monkeypatch.setattr(direct._Grid, "output_gradient",
+                        lambda self, g: laid_out.append(g.shape) or real(self, g))
+    assert_close(fast(gy, x, w, *geometry, columns=kept), want, bound=bound)
+    assert isinstance(kept, direct.PaddedInput) and laid_out == []
+    assert_close(fast(gy, x, w, *geometry), want, bound=bound)
+    assert laid_out == [gy.shape]
+
+
+def test_conv2d_backward_without_a_graph_equals_the_two_primitives():
+    """conv2d's VJP takes both gradients from kernel conv2d_backward when no graph of the
+    backward pass is recorded, and from the two differentiable primitives with create_graph:
+    the same gradients."""
+    import refnas as rn
+    rng = np.random.default_rng(9)
+    x0 = rng.standard_normal((8, 16, 12, 12)).astype(np.float32)
+    w0 = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    grads = []
+    from refnas import backend
+    for create_graph in (False, True):
+        x, w = rn.tensor(x0, requires_grad=True), rn.tensor(w0, requires_grad=True)
+        with rn.use_backend("numba"), backend.profile() as timing:
+            y = rn.ops.conv2d(x, w, padding=1)
+            (y * y).sum().backward(create_graph=create_graph)
+        assert ("conv2d_backward" in timing.calls) == (not create_graph)
+        grads.append((x.grad.data, w.grad.data))
+    for fused, separate in zip(*grads):
+        np.testing.assert_allclose(fused, separate, rtol=1e-5, atol=1e-3)
