@@ -602,9 +602,11 @@ def _convolve(x, w, bias, stride, padding, dilation, flipped=False, keep=False,
     grid = _grid(x.shape, w_shape, stride, padding, dilation,
                  _interleaves("forward", x.shape[0], *x.shape[2:], stride))
     y = np.empty((grid.n, grid.k, grid.oh, grid.ow), np.float32)
-    # keep x's planes only where the weight gradient runs on the same grid
-    own = keep_output_planes or keep and (grid.lanes > 1) == _interleaves(
-        "weight_grad", x.shape[0], x.shape[2], x.shape[3], stride)
+    # keep x's planes (in an array of their own, alive until the backward pass) only where the
+    # weight gradient runs on the same grid; ``keep_output_planes`` hands back the planes in
+    # this thread's scratch, valid until the next direct loop runs (for :func:`backward`)
+    own = keep and (grid.lanes > 1) == _interleaves("weight_grad", x.shape[0], x.shape[2],
+                                                    x.shape[3], stride)
     keep = keep or keep_output_planes
     kept = None
     if y.size:
@@ -617,7 +619,7 @@ def _convolve(x, w, bias, stride, padding, dilation, flipped=False, keep=False,
         else:
             padded, raw = grid.padded_input(x, own=own), _EMPTY
             tasks = grid.groups * -(-grid.k // OUT_BLOCK)
-        kept = PaddedInput(grid, padded) if own else None
+        kept = PaddedInput(grid, padded) if own or keep_output_planes else None
         _parallel(_FORWARD, padded, flat(w), _EMPTY if bias is None else flat(bias), raw,
                   y.reshape(-1), grid.offsets, grid.forward_dims(flipped), tasks)
     return (y, kept) if keep else y
