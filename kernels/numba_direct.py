@@ -583,7 +583,7 @@ def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype) ->
 
 class PaddedInput:
     """The forward's planes of x, kept for the weight gradient when both run on one grid:
-    padding x again had cost 0.07-0.26 ms per layer, 1.5-2.5 ms per ResNet-18 step. Interleaved
+    padding x again had cost 0.07-0.26 ms per layer, 3-3.5 ms per ResNet-18 step. Interleaved
     planes are laid out alike for both; plain ones are the forward's (N, C) planes, which the
     weight gradient then sweeps sample by sample."""
     __slots__ = ("grid", "planes")
@@ -627,7 +627,7 @@ def _convolve(x, w, bias, stride, padding, dilation, flipped=False, keep=False,
 
 def forward(x, w, bias, padding, dilation, stride=(1, 1), keep=False):
     """The forward kernel: y (N, K, OH, OW) = w * x (+ bias); with ``keep``, (y, x's padded
-    planes for :func:`weight_grad`, or None when its planes are not interleaved)."""
+    planes for :func:`weight_grad`, or None when the weight gradient runs on another grid)."""
     return _convolve(x, w, bias, stride, padding, dilation, keep=keep)
 
 
@@ -672,24 +672,31 @@ def backward(gy, x, w, padding, dilation, kept=None):
                  _interleaves("weight_grad", n, h, wd))
     if not (isinstance(kept, PaddedInput) and kept.grid is grid):
         return None
+    # (for a "same" convolution the input gradient's padding d(k - 1) - p is p itself)
     gx, planes = _convolve(gy, w, None, (1, 1), padding, dilation, flipped=True,
                            keep_output_planes=True)
+    return gx, weight_grad(x, gy, w.shape, padding, dilation, kept=kept,
+                           gy_planes=_shared_gy_planes(planes, grid, k, c, padding))
+
+
+def _shared_gy_planes(planes, grid, k, c, padding):
+    """The input gradient's planes of gy as :func:`weight_grad` on ``grid`` can sweep them, or
+    None when it cannot (another layout or pitch, rows of partial vectors, or a sweep that
+    would read into the next plane)."""
     if planes is None or planes.grid.lanes != grid.lanes or planes.grid.pitch != grid.pitch:
-        return gx, weight_grad(x, gy, w.shape, padding, dilation, kept=kept)
+        return None
     ig = planes.grid
     shift = (padding[0] * ig.cols + padding[1]) * ig.lanes
     if grid.lanes > 1:                        # interleaved: row by row, output cells only
         if grid.ow * grid.lanes % LANES:      # rows of whole vectors only
-            return gx, weight_grad(x, gy, w.shape, padding, dilation, kept=kept)
+            return None
         sweep = (grid.length, ig.length, grid.oh, grid.ow * grid.lanes, grid.pitch, 0)
     else:                                     # (N, K) planes: sample by sample, output rows
         run = -(-grid.oh * grid.pitch // LANES) * LANES
-        if shift + run > ig.length:           # would read into the next plane
-            return gx, weight_grad(x, gy, w.shape, padding, dilation, kept=kept)
+        if shift + run > ig.length:
+            return None
         sweep = (grid.length, ig.length, grid.n, run, k * ig.length, c * grid.length)
-    gw = weight_grad(x, gy, w.shape, padding, dilation, kept=kept,
-                     gy_planes=_GyPlanes(planes.planes[shift:], sweep))
-    return gx, gw
+    return _GyPlanes(planes.planes[shift:], sweep)
 
 
 def _by_phases(stride, padding, dilation, kernel) -> bool:

@@ -91,8 +91,8 @@ def _map(span, *arrays: np.ndarray, kind: int, parallel_min_size: int) -> np.nda
     ``parallel_min_size`` elements on; the result has the arrays' shape."""
     flats = [flat(a) for a in arrays]
     out = np.empty_like(flats[-1])
-    # float64 on one thread: a second specialisation of the parallel driver would add a second
-    # of cold compile, for a dtype used to check derivatives rather than to train fast
+    # float64 on one thread: the job reads float32 vectors, and a float64 job would add its own
+    # cold compile, for a dtype used to check derivatives rather than to train fast
     if out.size < parallel_min_size or out.dtype != np.float32:
         span(*flats, out, 0, out.size)
     else:
