@@ -27,7 +27,7 @@ import numba
 import numpy as np
 from numba import cfunc, types
 
-from refnas.kernels.numba_jobs import run_tasks
+from refnas.kernels.numba_jobs import run_tasks, start_pool
 
 # the layers whose pools may be entered from several threads at once (workqueue may not)
 SHAREABLE_LAYERS = ("tbb", "omp")
@@ -53,7 +53,7 @@ def _run_blas_jobs(sync, dojob, numjobs, size, data, extra):
 def _callback():
     """The C callback, compiled (or loaded from the cache) once the pool has started: its
     machine code calls into the threading layer, whose symbols exist only from then on."""
-    run_tasks(0, 0, 0, 0, 0)
+    start_pool()
     return cfunc(_CALLBACK, cache=True)(_run_blas_jobs)
 
 

@@ -93,9 +93,22 @@ def launch(job_address, tasks, block):
     run_tasks(job_address, tasks, 0, block.ctypes.data, tasks)
 
 
+def start_pool() -> None:
+    """Start Numba's thread pool (once; later calls cost a few microseconds).
+
+    A jitted launcher loaded from the disk cache calls :func:`run_tasks`'s machine code
+    directly, and that code calls into the threading layer, whose symbols exist only once the
+    pool has started. Numba starts it when a parallel function is called from Python, not when
+    a cached caller of one is: without this, the first parallel kernel of a process that had
+    not called one from Python (kernels imported directly, or a BLAS without the callback API
+    of :mod:`refnas.kernels.numba_blas`) crashed with a segmentation fault."""
+    run_tasks(0, 0, 0, 0, 0)
+
+
 class Job:
     """``function(task, block_address, tasks)`` as a C callback, compiled (or loaded from the
-    disk cache) on first use: a kernel that never runs in parallel costs no compile."""
+    disk cache) on first use: a kernel that never runs in parallel costs no compile. The pool
+    is started before the first launch (:func:`start_pool`)."""
 
     def __init__(self, function):
         self.function = function
@@ -106,6 +119,7 @@ class Job:
     def address(self) -> int:
         with self._lock:
             if self._compiled is None:
+                start_pool()
                 self._compiled = cfunc(JOB, cache=True)(self.function)
             return self._compiled.address
 

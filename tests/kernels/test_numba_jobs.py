@@ -3,6 +3,9 @@ driver. Each task must run exactly once, read the launcher's arrays in place, an
 serve several Python threads at once."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -60,3 +63,22 @@ def test_python_threads_launch_jobs_at_once(visit_job):
     with ThreadPoolExecutor(2) as pool:
         for scale, marks in pool.map(run, range(8)):
             np.testing.assert_array_equal(marks, 20 * (scale * 500 + np.arange(1, 501)))
+
+
+def test_a_kernel_imported_directly_starts_the_pool_itself():
+    """In a fresh process whose first parallel loop is a kernel's cached launcher (no parallel
+    function called from Python before, BLAS not on Numba's pool), the job starts the pool:
+    this had crashed with a segmentation fault, since the cached code calls into a threading
+    layer that was not running yet."""
+    script = ("import numpy as np\n"
+              "from refnas.kernels import numba_direct\n"
+              "x = np.ones((32, 16, 32, 32), np.float32)\n"
+              "w = np.ones((32, 16, 3, 3), np.float32)\n"
+              "y = numba_direct.forward(x, w, None, (1, 1), (1, 1), (2, 2))\n"
+              "print(y[0, 0, 8, 8], y[0, 0, 0, 0])\n")
+    env = {**os.environ, "REFNAS_SHARED_BLAS_POOL": "0", "NUMBA_NUM_THREADS": "2"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # an interior output sums 16 channels x 9 taps of ones; the corner sees 2 x 2 taps
+    assert result.stdout.split() == ["144.0", "64.0"]
