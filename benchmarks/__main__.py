@@ -177,7 +177,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
                      f"{_number(share, '.0%')} |")
     kernels = results.get("kernels")
     if kernels:
-        lines += ["", "| conv2d shape (fwd + input grad + weight grad) | numpy GFLOP/s | "
+        lines += ["", "| conv2d shape (forward + both gradients, as a training step runs them) | "
+                  "numpy GFLOP/s | "
                   "numba GFLOP/s | PyTorch GFLOP/s | numba / matmul | PyTorch / matmul |",
                   "|---|---:|---:|---:|---:|---:|"]
         for name, entry in kernels["conv2d"].items():

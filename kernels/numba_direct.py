@@ -61,6 +61,7 @@ GRAD_OUT_BLOCK = 4   # weight gradient: output channels per block
 GRAD_IN_BLOCK = 3    # weight gradient: input channels per block
 LANES = 8            # weight gradient: positions per step (one 8-float vector)
 IN_CHUNK = 16        # forward on interleaved planes: input channels per sweep over positions
+_PLACE = 13          # forward: values per part of the output channels (see _forward_tasks)
 
 # the sizes of the two stack arrays of partial sums (module constants, so Numba sees literals)
 _FORWARD_SUMS = 96   # OUT_BLOCK * POS_BLOCK
@@ -279,20 +280,17 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
     (still in cache). Storing only the valid positions of each block, position by position,
     had cost as much as the arithmetic on 16-channel layers.
 
-    ``place`` says where they go (:meth:`_Grid.placement`): output rows i0 .. i0+count-1 and
-    columns j0 .. j0+count-1 of plane (n, k) to ``yf`` from (n*K + k)*plane + first, rows
-    ``row`` and columns ``col`` apart: y itself, or every s-th cell of a larger array (the
-    input gradient's phases write into it in place)."""
+    ``place`` holds one row of _PLACE values per *part* of the output channels (one part for a
+    convolution; one per phase for :func:`_input_grad_by_phases`): its channels
+    [k_first, k_end) apply the taps [tap_lo, tap_hi), with weights (k_end - k_first, C,
+    tap_hi - tap_lo) from ``w_base`` in ``wf``; and its output rows i0 .. i0+count-1 and
+    columns j0 .. j0+count-1 of channel k go to ``yf`` from (n*K' + k - k_first)*plane + first
+    (K' = k_end - k_first), rows ``row`` and columns ``col`` apart: y itself, or every s-th cell
+    of a larger array (the input gradient's phases write into gx in place)."""
     (c_in, k_out, oh, ow, pitch, taps, length, span, lanes, rows, chunk, padded_here,
      h, w, top, left, flipped) = dims
     k_blocks = (k_out + OUT_BLOCK - 1) // OUT_BLOCK
-    # w is (K, C, taps); or, ``flipped``, the (C, K, taps) kernel of the convolution that this
-    # one is the adjoint of, read with its taps reversed and its channel axes swapped
-    k_step, c_step, tap_first, tap_step = ((taps, k_out * taps, taps - 1, -1) if flipped else
-                                           (c_in * taps, taps, 0, 1))
     blocks_per_task = k_blocks if padded_here else 1
-    # one sweep over every row (the row ends computed and dropped), or one per row
-    run = oh * pitch if rows == 1 else ow * lanes
     sums = numba.carray(_stack_array(_FORWARD_SUMS, xf.dtype), (_FORWARD_SUMS,))
     gridf = np.empty(OUT_BLOCK * span, xf.dtype)
     for task in range(first, last):
@@ -305,10 +303,42 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
                            left, pitch)
         first_block = 0 if padded_here else task % k_blocks
         for kb in range(first_block, first_block + blocks_per_task):
+            if not padded_here:
+                # consecutive tasks take their blocks from the parts in turn: the pool's
+                # threads get even shares of the parts' taps (ResNet-18's strided input
+                # gradient with 8x8 outputs: 0.80 instead of 0.99 ms)
+                parts = place.size // _PLACE
+                kb = kb % parts * (k_blocks // parts) + kb // parts
             k0 = kb * OUT_BLOCK
+            part = 0
+            while (part + 1) * _PLACE < place.size and k0 >= place[(part + 1) * _PLACE + 10]:
+                part += 1
+            at = part * _PLACE
+            tap_lo, tap_hi, k_first, k_end = place[at + 8], place[at + 9], place[at + 10], \
+                place[at + 11]
+            # w is (K, C, taps) from w_base; or, ``flipped``, the (C, K, taps) kernel of the
+            # convolution that this one is the adjoint of, read with its taps reversed and its
+            # channel axes swapped
+            part_taps = tap_hi - tap_lo
+            k_step, c_step, tap_first, tap_step = (
+                (taps, k_out * taps, taps - 1, -1) if flipped else
+                (c_in * part_taps, part_taps,
+                 place[at + 12] - k_first * c_in * part_taps - tap_lo, 1))
+            # the part's output rows i0 .. i0+count_h-1 and columns j0 .. j0+count_w-1: one
+            # sweep over those rows (the row ends computed and dropped), or one per row over
+            # those columns; in blocks that the sweep over all outputs has too (so that they
+            # stay inside the grid)
+            i0, count_h, j0, count_w = place[at + 4], place[at + 5], place[at + 6], \
+                place[at + 7]
+            sweeps = range(i0, i0 + count_h) if rows > 1 else range(1)
             for c0 in range(0, c_in, chunk):
-                for r in range(rows):
-                    for o0 in range(r * pitch, r * pitch + run, POS_BLOCK):
+                for r in sweeps:
+                    if rows > 1:
+                        lo = r * pitch + j0 * lanes // POS_BLOCK * POS_BLOCK
+                        hi = r * pitch + (j0 + count_w) * lanes
+                    else:
+                        lo, hi = i0 * pitch // POS_BLOCK * POS_BLOCK, (i0 + count_h) * pitch
+                    for o0 in range(lo, hi, POS_BLOCK):
                         if c0 == 0:
                             for s in range(_FORWARD_SUMS):
                                 sums[s] = 0
@@ -318,12 +348,12 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
                                     sums[kk * POS_BLOCK + t] = gridf[u64(kk * span + o0 + t)]
                         for c in range(c0, min(c0 + chunk, c_in)):
                             plane = u64((n * c_in + c) * length + o0)
-                            for tap in range(taps):
+                            for tap in range(tap_lo, tap_hi):
                                 row = plane + u64(offsets[u64(tap)])
                                 for kk in range(OUT_BLOCK):
-                                    # a block past the last channel reads channel K-1, then
-                                    # is dropped
-                                    k = min(k0 + kk, k_out - 1)
+                                    # a block past the part's last channel reads that
+                                    # channel, then is dropped
+                                    k = min(k0 + kk, k_end - 1)
                                     weight = wf[u64(k * k_step + c * c_step + tap_first
                                                     + tap * tap_step)]
                                     for t in range(POS_BLOCK):
@@ -331,12 +361,13 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
                         for kk in range(OUT_BLOCK):
                             for t in range(POS_BLOCK):
                                 gridf[u64(kk * span + o0 + t)] = sums[kk * POS_BLOCK + t]
-            out_plane, out_first, out_row, out_col = place[0], place[1], place[2], place[3]
-            i0, count_h, j0, count_w = place[4], place[5], place[6], place[7]
-            for kk in range(min(OUT_BLOCK, k_out - k0)):
+            out_plane, out_first, out_row, out_col = place[at], place[at + 1], place[at + 2], \
+                place[at + 3]
+            for kk in range(min(OUT_BLOCK, k_end - k0)):
                 shift = bias[k0 + kk] if bias.size else 0
                 for s in range(lanes):
-                    out = u64(((n * lanes + s) * k_out + k0 + kk) * out_plane + out_first)
+                    out = u64(((n * lanes + s) * (k_end - k_first) + k0 - k_first + kk)
+                              * out_plane + out_first)
                     for i in range(count_h):
                         grid_row = u64(kk * span + (i0 + i) * pitch + j0 * lanes + s)
                         target = out + u64(i * out_row)
@@ -557,11 +588,11 @@ class _Grid:
         return self.lanes == 1 and self.stride == (1, 1) and self.n >= PADDED_HERE_MIN_SAMPLES
 
     def placement(self):
-        """Where the forward puts y's cells (see :func:`_forward_tasks`): all of them, in
-        (N, K, OH, OW) order."""
+        """The forward's one part (see :func:`_forward_tasks`): every tap and output channel,
+        y's cells all of them, in (N, K, OH, OW) order."""
         if self._placement is None:
             self._placement = np.array([self.oh * self.ow, 0, self.ow, 1, 0, self.oh, 0,
-                                        self.ow], np.int64)
+                                        self.ow, 0, self.offsets.size, 0, self.k, 0], np.int64)
         return self._placement
 
     def forward_dims(self, flipped=False):
@@ -591,8 +622,10 @@ def _ints(pair) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-# the weight gradient's strips of positions (a multiple of LANES)
-STRIP = 256
+# the weight gradient's strips of positions (a multiple of LANES). 512 against 256: 2-5% faster
+# on ResNet-18's 32x32 and 16x16 layers (the strided ones: no strip of 16 positions left over
+# from each sample's 272), a step 0.5 ms less; 768-2048 no better
+STRIP = 512
 
 # forward tasks pad their own sample from this many samples on (fewer would not fill the cores)
 PADDED_HERE_MIN_SAMPLES = 8
@@ -628,6 +661,9 @@ def _interleaves(kind, n, h, w, stride=(1, 1)) -> bool:
 # 1-channel input) stay with im2col.
 MIN_POSITIONS = 64
 
+# strided input gradients go phase by phase from this many output positions per sample
+PHASES_MIN_POSITIONS = 64
+
 
 def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype) -> bool:
     """Whether the kernel ``kind`` ("forward", "input_grad" or "weight_grad") of this
@@ -642,9 +678,10 @@ def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype) ->
     if positions * (n if interleaved else 1) < MIN_POSITIONS:
         return False
     if kind == "input_grad" and _by_phases(stride, padding, dilation, (kh, kw)):
-        # one small convolution per phase: it paid on ResNet-18's 16x16 output maps (1.62
-        # against 1.87 ms with im2col), not on its 8x8 and 4x4 ones (1.53 vs 1.18, 1.65 vs 0.99)
-        return positions > INTERLEAVE_MAX["forward"] and c >= OUT_BLOCK
+        # all phases in one convolution of gy: it pays on ResNet-18's 16x16 and 8x8 output
+        # maps (0.93 against 1.42 ms with im2col + col2im, 0.85 against 0.89), not on its 4x4
+        # ones (1.05 against 0.77)
+        return positions >= PHASES_MIN_POSITIONS and c >= OUT_BLOCK
     if kind == "forward":
         return k >= OUT_BLOCK
     if kind == "input_grad":
@@ -664,14 +701,16 @@ class PaddedInput:
 
 
 def _convolve(x, w, bias, stride, padding, dilation, flipped=False, keep=False,
-              keep_output_planes=False, out=None, place=None):
+              keep_output_planes=False, out=None, parts=None):
     """y (N, K, OH, OW) = w * x (+ bias), by the register-blocked loop; ``flipped``: w is given
     as the (C, K, KH, KW) kernel whose flipped, channel-swapped self is the one to apply. With
-    ``keep``, (y, :class:`PaddedInput` or None). With ``out`` and ``place``, y's cells go into
-    the C-contiguous float32 array ``out`` where ``place`` says (see :func:`_forward_tasks`),
-    and ``out`` is returned."""
+    ``keep``, (y, :class:`PaddedInput` or None). With ``out`` and ``parts`` (a
+    :class:`_PhasePlan`), the parts of the output channels apply their own taps of w (given
+    flat) and write their cells into the C-contiguous float32 array ``out``, which is
+    returned (see :func:`_forward_tasks`)."""
     stride, padding, dilation = _ints(stride), _ints(padding), _ints(dilation)
-    w_shape = (w.shape[1], w.shape[0], *w.shape[2:]) if flipped else w.shape
+    w_shape = parts.w_shape if parts is not None else \
+        (w.shape[1], w.shape[0], *w.shape[2:]) if flipped else w.shape
     grid = _grid(x.shape, w_shape, stride, padding, dilation,
                  _interleaves("forward", x.shape[0], *x.shape[2:], stride))
     y = np.empty((grid.n, grid.k, grid.oh, grid.ow), np.float32) if out is None else out
@@ -693,9 +732,10 @@ def _convolve(x, w, bias, stride, padding, dilation, flipped=False, keep=False,
             padded, raw = grid.padded_input(x, own=own), _EMPTY
             tasks = grid.groups * -(-grid.k // OUT_BLOCK)
         kept = PaddedInput(grid, padded) if own or keep_output_planes else None
+        offsets, place = (grid.offsets, grid.placement()) if parts is None else \
+            (parts.offsets, parts.place)
         _parallel(_FORWARD, padded, flat(w), _EMPTY if bias is None else flat(bias), raw,
-                  y.reshape(-1), grid.offsets, grid.forward_dims(flipped), tasks,
-                  grid.placement() if place is None else place)
+                  y.reshape(-1), offsets, grid.forward_dims(flipped), tasks, place)
     return (y, kept) if keep else y
 
 
@@ -792,43 +832,81 @@ def _input_grad_by_phases(gy, w, x_shape, stride, padding, dilation):
         \bar x_{n,c,\, s_h A + \alpha,\, s_w B + \beta} = \sum_k \sum_{p, q}
         w_{k,c,p,q}\, \bar y_{n,k,\, A - u_p,\, B - v_q},
 
-    a stride-1 convolution of gy (padded by U = max u_p and V = max v_q) by the phase's taps,
-    flipped, with the channel axes swapped; the direct forward loop computes it, and writes its
-    outputs straight into the phase's cells of gx, cropped to the image (a convolution into an
-    array of its own, then copied, had cost 0.34 ms of 1.38 on ResNet-18's first strided
-    layer). Every tap belongs to one phase, so the phases together do the forward's arithmetic;
-    each cell of x is written once."""
-    (n, c, h, wd), (k, _, kh, kw) = x_shape, w.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    phases, covered = [], 0
-    for alpha in range(sh):
-        rows = [p for p in range(kh) if p * dh % sh == alpha]
-        for beta in range(sw):
-            cols = [q for q in range(kw) if q * dw % sw == beta]
-            # the first phase cell inside the image, and where it lies
-            first_a, first_b = -((alpha - ph) // sh), -((beta - pw) // sw)
-            a0, b0 = sh * first_a + alpha - ph, sw * first_b + beta - pw
-            if not rows or not cols or a0 >= h or b0 >= wd:
-                continue
-            u, v = max(p * dh // sh for p in rows), max(q * dw // sw for q in cols)
-            # the phase's cells that its convolution's outputs (gy's map + (u, v)) reach
-            cells_h, cells_w = -(-(h - a0) // sh), -(-(wd - b0) // sw)
-            count_h = min(cells_h, gy.shape[2] + u - first_a)
-            count_w = min(cells_w, gy.shape[3] + v - first_b)
-            if count_h > 0 and count_w > 0:
-                phases.append((rows, cols, u, v, (h * wd, a0 * wd + b0, sh * wd, sw, first_a,
-                                                  count_h, first_b, count_w)))
-                covered += count_h * count_w
+    a stride-1 convolution of gy by the phase's taps, flipped, with the channel axes swapped.
+    All phases run as one convolution of gy padded once (by U = max u_p and V = max v_q),
+    whose output channels come in parts, one per phase, each with its own taps
+    (:class:`_PhasePlan`); the direct forward loop computes it, and writes each part's outputs
+    straight into its phase's cells of gx, cropped to the image. Every tap belongs to one
+    phase, so the phases together do the forward's arithmetic; each cell of x is written once.
+    (One convolution per phase, each into an array of its own, then copied, had taken 1.38 ms
+    on ResNet-18's first strided layer; writing in place 1.12.)"""
+    plan = _phase_plan(x_shape, tuple(w.shape), tuple(gy.shape), stride, padding, dilation)
     # each phase writes its cells of gx in place; cells that no tap reads stay zero
-    gx = (np.empty if covered == h * wd else np.zeros)(x_shape, np.float32)
-    for rows, cols, u, v, place in phases:
-        taps = np.zeros((c, k, u + 1, v + 1), np.float32)
-        for p in rows:
-            for q in cols:
-                taps[:, :, u - p * dh // sh, v - q * dw // sw] = w[:, :, p, q].T
-        _convolve(gy, taps, None, (1, 1), (u, v), (1, 1), out=gx,
-                  place=np.array(place, np.int64))
+    gx = (np.empty if plan.covers else np.zeros)(x_shape, np.float32)
+    if plan.taps_p.size:
+        # each phase's weights (C, K, its taps), one after the other
+        weights = np.concatenate([w[:, :, plan.taps_p[lo:hi], plan.taps_q[lo:hi]]
+                                  .transpose(1, 0, 2).reshape(-1) for lo, hi in plan.ranges])
+        _convolve(gy, weights, None, (1, 1), plan.padding, (1, 1), out=gx, parts=plan)
     return gx
+
+
+class _PhasePlan:
+    """How :func:`_input_grad_by_phases` runs one geometry as one convolution of gy: its output
+    channels in parts of C (each rounded up to whole blocks), one per phase; ``w_shape`` and
+    ``padding`` of that convolution, the taps' ``offsets`` and the parts' ``place`` rows (see
+    :func:`_forward_tasks`), the kernel taps (taps_p, taps_q) of each phase's ``ranges``, and
+    whether the phases' cells ``covers`` all of x."""
+
+    def __init__(self, x_shape, w_shape, gy_shape, stride, padding, dilation):
+        (n, c, h, wd), (k, _, kh, kw) = x_shape, w_shape
+        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+        phases, covered = [], 0
+        for alpha in range(sh):
+            rows = [p for p in range(kh) if p * dh % sh == alpha]
+            for beta in range(sw):
+                cols = [q for q in range(kw) if q * dw % sw == beta]
+                # the first phase cell inside the image, and where it lies
+                first_a, first_b = -((alpha - ph) // sh), -((beta - pw) // sw)
+                a0, b0 = sh * first_a + alpha - ph, sw * first_b + beta - pw
+                if not rows or not cols or a0 >= h or b0 >= wd:
+                    continue
+                u, v = max(p * dh // sh for p in rows), max(q * dw // sw for q in cols)
+                # the phase's cells that its outputs (gy's map + (u, v)) reach
+                cells_h, cells_w = -(-(h - a0) // sh), -(-(wd - b0) // sw)
+                count_h = min(cells_h, gy_shape[2] + u - first_a)
+                count_w = min(cells_w, gy_shape[3] + v - first_b)
+                if count_h > 0 and count_w > 0:
+                    taps = [(p, q) for p in rows for q in cols]
+                    phases.append((taps, (h * wd, a0 * wd + b0, sh * wd, sw, first_a, count_h,
+                                          first_b, count_w)))
+                    covered += count_h * count_w
+        self.covers = covered == h * wd
+        # gy padded by the largest shift of any tap, (U, V): tap (p, q) reads it
+        # (U - floor(p d_h / s_h), V - floor(q d_w / s_w)) past the output cell
+        shifts = [(p * dh // sh, q * dw // sw) for taps, _ in phases for p, q in taps]
+        big_u, big_v = max((a for a, _ in shifts), default=0), max((b for _, b in shifts),
+                                                                   default=0)
+        part = -(-c // OUT_BLOCK) * OUT_BLOCK
+        self.w_shape = (len(phases) * part, k, big_u + 1, big_v + 1)
+        self.padding = (big_u, big_v)
+        grid = _grid(gy_shape, self.w_shape, (1, 1), self.padding, (1, 1),
+                     _interleaves("forward", gy_shape[0], *gy_shape[2:]))
+        self.offsets = np.array([grid.offsets[(big_u - a) * (big_v + 1) + big_v - b]
+                                 for a, b in shifts], np.int64)
+        self.taps_p = np.array([p for taps, _ in phases for p, _ in taps], np.int64)
+        self.taps_q = np.array([q for taps, _ in phases for _, q in taps], np.int64)
+        self.ranges, rows, lo = [], [], 0
+        for f, (taps, cells) in enumerate(phases):
+            self.ranges.append((lo, lo + len(taps)))
+            rows.append((*cells, lo, lo + len(taps), f * part, f * part + c, c * k * lo))
+            lo += len(taps)
+        self.place = np.array(rows, np.int64).reshape(-1)
+
+
+@functools.lru_cache(maxsize=256)
+def _phase_plan(x_shape, w_shape, gy_shape, stride, padding, dilation) -> _PhasePlan:
+    return _PhasePlan(x_shape, w_shape, gy_shape, stride, padding, dilation)
 
 
 def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_planes=None):

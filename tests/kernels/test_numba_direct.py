@@ -101,14 +101,14 @@ def _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilatio
     ((3, 3, 32, 32), (16, 3, 3, 3), 1),
     ((2, 32, 16, 16), (36, 32, 3, 3), 1), ((32, 64, 8, 8), (64, 64, 3, 3), 1),
     ((32, 128, 4, 4), (128, 128, 3, 3), 1), ((32, 16, 32, 32), (32, 16, 3, 3), 2),
-    ((32, 64, 8, 8), (128, 64, 1, 1), 2)])
+    ((32, 32, 16, 16), (64, 32, 3, 3), 2), ((32, 64, 8, 8), (128, 64, 1, 1), 2)])
 def test_direct_loops_at_workload_sizes(x_shape, w_shape, stride, parallel_pad, monkeypatch):
     """ResNet-18-like layers through the registered Numba kernels, which take the direct path
     there (the 8x8 and 4x4 maps and the strided layers on interleaved planes; the strided
-    input gradients phase by phase onto 16x16 maps, else with im2col; from 8 samples on, the
-    forward tasks pad their own samples), in float32, with the planes padded in parallel (BLAS
-    sharing the pool) or serially; the scratch planes of one layer do not leak into the
-    next."""
+    input gradients phase by phase onto maps of 64+ outputs, else with im2col; from 8 samples
+    on, the forward tasks pad their own samples), in float32, with the planes padded in
+    parallel (BLAS sharing the pool) or serially; the scratch planes of one layer do not leak
+    into the next."""
     direct = _direct()
     monkeypatch.setattr(direct, "pool_shared", lambda: parallel_pad)
     rng = np.random.default_rng(7)
@@ -122,7 +122,7 @@ def test_direct_loops_at_workload_sizes(x_shape, w_shape, stride, parallel_pad, 
     for kind in ("forward", "input_grad", "weight_grad"):
         assert direct.applies(kind, x_shape, w_shape, *geometry, np.float32) == (
             kind != "input_grad" or (w_shape[1] >= direct.OUT_BLOCK
-                                     and (stride == 1 or out_hw[0] * out_hw[1] > 64)))
+                                     and (stride == 1 or out_hw[0] * out_hw[1] >= 64)))
     for name, args, magnitudes, kwargs in [
             ("conv2d_forward", (x, w), (np.abs(x), np.abs(w)), {"bias": bias}),
             ("conv2d_input_grad", (gy, w, x_shape), (np.abs(gy), np.abs(w), x_shape), {}),
@@ -164,7 +164,9 @@ def test_the_numba_kernels_hand_the_direct_loops_their_convolutions():
         "forward", "input_grad", "weight_grad"]
     assert run((2, 8, 32, 32), (8, 8, 1, 1), stride=(2, 2), padding=(0, 0)) == [
         "forward", "input_grad", "weight_grad"]
-    assert run((2, 8, 16, 16), (8, 8, 3, 3), stride=(2, 2)) == ["forward", "weight_grad"]
+    assert run((2, 8, 16, 16), (8, 8, 3, 3), stride=(2, 2)) == [          # 8x8 outputs
+        "forward", "input_grad", "weight_grad"]
+    assert run((4, 8, 8, 8), (8, 8, 3, 3), stride=(2, 2)) == ["forward", "weight_grad"]
     assert run((1, 8, 14, 14), (8, 8, 3, 3), stride=(2, 2)) == []               # 49 outputs
     assert run((2, 8, 16, 16), (8, 4, 3, 3), groups=2) == []
     assert run((2, 8, 16, 16), (8, 8, 3, 3), padding=(3, 3)) == [
