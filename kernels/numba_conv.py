@@ -151,7 +151,7 @@ def _planes_parallel(unpack, x, dims, wide, table, cols):
     """im2col (x -> cols) or, when ``unpack``, col2im (cols -> x), one (sample, channel) plane
     per task on Numba's pool (float32, flat C-contiguous arrays)."""
     assert x.dtype == cols.dtype == np.float32 and table.dtype == np.intp and len(dims) == 14
-    _launch_planes(_planes_job.address, unpack, x, dims, wide, table, cols)
+    _launch_planes(_planes_job.addresses, unpack, x, dims, wide, table, cols)
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,15 +34,15 @@ input channels x LANES positions per tap and adds up the lanes once per task.
 Two things make LLVM emit those loops as vector code, and both are load-bearing: the partial
 sums live in a fixed-size *stack* array (:func:`_stack_array`, so that LLVM can keep them in
 registers; a NumPy array would be heap memory it cannot promote), and the kernels are compiled
-with LLVM's SLP vectoriser switched on for them alone (:func:`_compiled`; Numba switches it off
-by default since numba#8852, after miscompilations in other code; these kernels are tested equal
+with LLVM's SLP vectoriser switched on for them alone (their jobs are made with
+``vectorise=True``, see :class:`refnas.kernels.numba_jobs.Job`; Numba switches it off by
+default since numba#8852, after miscompilations in other code; these kernels are tested equal
 to the NumPy reference). Indices are unsigned so that Numba drops its negative-index check.
 Measured on this 2-core AMD EPYC (AVX2), one core, ResNet-18's 16- and 32-channel 3x3 layers:
 88-94 GFLOP/s, against 4 GFLOP/s for the same loops without the two.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import numba
@@ -52,7 +52,8 @@ from numba import uint64 as u64
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from refnas.kernels.numba_jobs import block_of, job, launch, put_vector, vector
+from refnas.kernels.numba_jobs import (block_of, job, launch, launch_serially, put_vector,
+                                      vector)
 from refnas.kernels.numba_support import flat, pool_shared, scratch
 
 OUT_BLOCK = 4        # forward: output channels per register block
@@ -92,33 +93,6 @@ def _stack_array(typingctx, size, dtype):
         return sums
 
     return types.CPointer(dtype.dtype)(size, dtype), codegen
-
-
-@contextlib.contextmanager
-def _slp_vectorisation():
-    previous = numba.config.SLP_VECTORIZE
-    numba.config.SLP_VECTORIZE = 1
-    try:
-        yield
-    finally:
-        numba.config.SLP_VECTORIZE = previous
-
-
-def _compiled(signature):
-    """``@njit(signature, cache=True)``, compiled now (or loaded from the cache) with LLVM's SLP
-    vectoriser on, and FMA contraction allowed (``fastmath={"contract"}``; no reassociation)."""
-    def decorate(function):
-        with _slp_vectorisation():
-            return njit(signature, cache=True, fastmath={"contract"})(function)
-    return decorate
-
-
-_F32 = types.float32[::1]
-_I64 = types.int64[::1]
-_DIMS = types.UniTuple(types.int64, 17)
-_FORWARD_SERIAL = types.void(_F32, _F32, _F32, _F32, _F32, _I64, _I64, _DIMS, types.int64,
-                             types.int64)
-_GRAD_SERIAL = types.void(_F32, _F32, _F32, _I64, _DIMS, types.int64, types.int64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,7 +190,7 @@ def _pad_plane(src, out, h, w, top, left, pitch):
             gap[k] = 0
 
 
-@njit(cache=True)
+@njit(inline="always")
 def _pad_planes(source, dims, phases, target, first, last):
     """Tasks [first, last) of writing the (samples, channels) planes of ``source`` onto the
     grid (:class:`_Grid`): one task per plane, each to its own ``length`` of ``target`` (in
@@ -264,7 +238,7 @@ def _pad_planes(source, dims, phases, target, first, last):
 # --------------------------------------------------------------------------------------------
 # Forward (and, with the kernel flipped, input gradient)
 # --------------------------------------------------------------------------------------------
-@_compiled(_FORWARD_SERIAL)
+@njit(cache=True, fastmath={"contract"})
 def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
     """Tasks [first, last) of y = w * x (+ b): one per (plane group n, block of OUT_BLOCK output
     channels), or, when ``padded_here``, one per sample n with all its blocks.
@@ -383,7 +357,7 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
 # --------------------------------------------------------------------------------------------
 # Weight gradient
 # --------------------------------------------------------------------------------------------
-@_compiled(_GRAD_SERIAL)
+@njit(inline="always")
 def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
     """Tasks [first, last) of (block of GRAD_OUT_BLOCK output channels, block of GRAD_IN_BLOCK
     input channels): gw[k, c, tap] = sum over samples and positions of gy * x at the tap's
@@ -450,14 +424,13 @@ def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
 _PAD, _FORWARD, _WEIGHT_GRAD = 0, 1, 2
 _EMPTY = np.empty(0, np.float32)
 _EMPTY_INTS = np.empty(0, np.int64)
-_BLOCK = 32     # the job's arguments: kind, five float32 vectors, two int64 vectors, dims
+_BLOCK = 32     # a job's arguments: (unused), five float32 vectors, two int64 vectors, dims
 
 
-def _task(task, address, tasks):
-    """Task ``task`` of one loop: a plane padded by :func:`_pad_planes` (a -> e, ints = the
-    phases), a block of :func:`_forward_tasks` (a..e = padded x, w, bias, raw x, y; ints = the
-    tap offsets, place = where y's cells go) or of :func:`_weight_grad_tasks` (a, b, c = x,
-    gy, gw)."""
+@njit(inline="always")
+def _arguments(address):
+    """A loop's arguments from its block (filled by :func:`_launch`): a..e (float32 vectors),
+    ints, place (int64 vectors) and dims."""
     block = block_of(address, _BLOCK)
     a, b, c = vector(block, 1, np.float32), vector(block, 3, np.float32), \
         vector(block, 5, np.float32)
@@ -467,34 +440,55 @@ def _task(task, address, tasks):
     dims = (block[15], block[16], block[17], block[18], block[19], block[20], block[21],
             block[22], block[23], block[24], block[25], block[26], block[27], block[28],
             block[29], block[30], block[31])
-    t = np.int64(task)
-    if block[0] == _PAD:
-        _pad_planes(a, dims, ints, e, t, t + 1)
-    elif block[0] == _FORWARD:
-        _forward_tasks(a, b, c, d, e, ints, place, dims, t, t + 1)
-    else:
-        _weight_grad_tasks(a, b, c, ints, dims, t, t + 1)
+    return a, b, c, d, e, ints, place, dims
 
 
-_task_job = job(_task)
+def _pad_task(task, address, tasks):
+    """A plane padded by :func:`_pad_planes` (a -> e, ints = the phases)."""
+    a, _, _, _, e, ints, _, dims = _arguments(address)
+    _pad_planes(a, dims, ints, e, np.int64(task), np.int64(task) + 1)
+
+
+def _forward_task(task, address, tasks):
+    """A block of :func:`_forward_tasks` (a..e = padded x, w, bias, raw x, y; ints = the tap
+    offsets, place = its parts)."""
+    a, b, c, d, e, ints, place, dims = _arguments(address)
+    _forward_tasks(a, b, c, d, e, ints, place, dims, np.int64(task), np.int64(task) + 1)
+
+
+def _weight_grad_task(task, address, tasks):
+    """A block of :func:`_weight_grad_tasks` (a, b, c = x, gy, gw; ints = the tap offsets)."""
+    a, b, c, _, _, ints, _, dims = _arguments(address)
+    _weight_grad_tasks(a, b, c, ints, dims, np.int64(task), np.int64(task) + 1)
+
+
+# each loop is compiled inside its job's compile, once: the weight gradient and the padding
+# inlined (a job calling a compiled function links it in and has LLVM optimise it again); the
+# forward as a function of its own, compiled under the job's SLP setting (inlined, LLVM's SLP
+# vectoriser left its FMAs scalar)
+_JOBS = {_PAD: job(_pad_task), _FORWARD: job(_forward_task, vectorise=True),
+         _WEIGHT_GRAD: job(_weight_grad_task, vectorise=True)}
 
 
 @njit(cache=True)
-def _launch(address, kind, a, b, c, d, e, ints, place, dims, n_tasks):
+def _launch(job_, serial, a, b, c, d, e, ints, place, dims, n_tasks):
     block = np.empty(_BLOCK, np.int64)
-    block[0] = kind
     for at, vector_ in ((1, a), (3, b), (5, c), (7, d), (9, e)):
         put_vector(block, at, vector_)
     put_vector(block, 11, ints)
     put_vector(block, 13, place)
     for i in range(17):
         block[15 + i] = dims[i]
-    launch(address, n_tasks, block)
+    if serial:
+        launch_serially(job_, n_tasks, block)
+    else:
+        launch(job_, n_tasks, block)
 
 
-def _parallel(kind, a, b, c, d, e, ints, dims, n_tasks, place=_EMPTY_INTS):
-    """Tasks 0..n_tasks-1 of loop ``kind`` (see :func:`_task`) on Numba's pool."""
-    _launch(_task_job.address, kind, a, b, c, d, e, ints, place, dims, n_tasks)
+def _parallel(kind, a, b, c, d, e, ints, dims, n_tasks, place=_EMPTY_INTS, serial=False):
+    """Tasks 0..n_tasks-1 of loop ``kind`` (see :data:`_JOBS`) on Numba's pool, or one after
+    the other in this thread (``serial``)."""
+    _launch(_JOBS[kind].addresses, serial, a, b, c, d, e, ints, place, dims, n_tasks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,10 +556,9 @@ class _Grid:
         assert phases.size // 2 * dims[8] * dims[9] * dims[10] <= dims[11], (dims, phases)
         target = np.empty(size + self.reach, np.float32) if own else \
             scratch(size + self.reach, np.float32, slot)
-        if pool_shared():     # the pool's threads are awake: a ResNet-18 step took ~2% less
-            _parallel(_PAD, flat(a), _EMPTY, _EMPTY, _EMPTY, target, phases, dims, tasks)
-        else:
-            _pad_planes(flat(a), dims, phases, target, 0, tasks)
+        # in parallel when the pool's threads are awake: a ResNet-18 step took ~2% less
+        _parallel(_PAD, flat(a), _EMPTY, _EMPTY, _EMPTY, target, phases, dims, tasks,
+                  serial=not pool_shared())
         target[size:] = 0
         return target
 
@@ -758,7 +751,7 @@ def input_grad(gy, w, padding, dilation, stride=(1, 1), input_shape=None):
     space with its channel axes swapped, padding d*(KH - 1) - p; the loop reads w that way in
     place (a flipped copy had cost 54 us on 128x128x3x3). Otherwise, phase by phase
     (:func:`_input_grad_by_phases`)."""
-    (k, c, kh, kw), (dh, dw), (ph, pw) = w.shape, dilation, padding
+    (kh, kw), (dh, dw), (ph, pw) = w.shape[2:], dilation, padding
     if not _by_phases(stride, padding, dilation, (kh, kw)):
         return _convolve(gy, w, None, (1, 1), (dh * (kh - 1) - ph, dw * (kw - 1) - pw),
                          dilation, flipped=True)
@@ -865,7 +858,7 @@ class _PhasePlan:
     whether the phases' cells ``covers`` all of x."""
 
     def __init__(self, x_shape, w_shape, gy_shape, stride, padding, dilation):
-        (n, c, h, wd), (k, _, kh, kw) = x_shape, w_shape
+        (_, c, h, wd), (k, _, kh, kw) = x_shape, w_shape
         (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
         phases, covered = [], 0
         for alpha in range(sh):

@@ -198,7 +198,7 @@ def _launch_chunks(address, kind, g, x, out):
 def _activation_parallel(kind, g, x, out):
     """Pass ``kind`` (see :func:`_chunk_task`) over chunks of CHUNK values of float32 vectors,
     on Numba's pool."""
-    _launch_chunks(_chunk_job.address, kind, g, x, out)
+    _launch_chunks(_chunk_job.addresses, kind, g, x, out)
 
 
 # erf costs ~10 ns a value: the parallel loop pays off on 8x smaller inputs than relu's.
@@ -314,7 +314,7 @@ def _launch_ce(address, backward, logits, target, weight, has_weight, eps, g, ou
 def _ce_parallel(backward, logits, target, weight, has_weight, eps, g, out):
     """Rows of the loss or of its gradient in chunks of about CHUNK values, on Numba's pool
     (float32)."""
-    _launch_ce(_ce_job.address, backward, logits, target, weight, has_weight, eps, g, out)
+    _launch_ce(_ce_job.addresses, backward, logits, target, weight, has_weight, eps, g, out)
 
 
 def _ce_supported(logits, target, weight, label_smoothing, *g) -> bool:

@@ -97,7 +97,7 @@ def taylor_importance(activation: np.ndarray, grad: np.ndarray, mode: str) -> np
     p = np.empty((n, c))
     if a.dtype == np.float32 and a.size >= PARALLEL_MIN_SIZE and n * c > 1:
         tasks = min(n * c, 4 * numba.get_num_threads())
-        _launch_per_example(_per_example_job.address, a, g, p, tasks)
+        _launch_per_example(_per_example_job.addresses, a, g, p, tasks)
     else:
         _per_example(a, g, p, 0, n * c)
     return _aggregate(p, _MODE_CODES[mode], a.shape[2])

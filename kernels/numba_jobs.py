@@ -20,15 +20,19 @@ C-contiguity, which the job cannot check.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
 from llvmlite import ir
+import numba
 from numba import carray, cfunc, njit, prange, types
 from numba.extending import intrinsic
 
 # void job(int task, void *block, int tasks): pointers travel as 64-bit integers
 JOB = types.void(types.intc, types.intp, types.intc)
+# void drive(void *job, int count, size_t size, void *data, int extra)
+_DRIVER = types.void(types.intp, types.intc, types.intp, types.intp, types.intc)
 
 
 @intrinsic
@@ -86,11 +90,60 @@ def put_vector(block, at, array):
     block[at + 1] = array.size
 
 
+def _drive(function, count, size, data, extra):
+    """:func:`run_tasks` as a C function (see :func:`driver_address`)."""
+    for i in prange(count):
+        _call_job(function, np.intc(i), data + i * size, extra)
+
+
+@intrinsic
+def _call_driver(typingctx, driver, function, count, data):
+    """Call the driver at address ``driver`` (see :func:`driver_address`) for tasks
+    0..count-1 of the job at address ``function``, with the argument block at ``data``."""
+    signature = types.void(types.intp, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, sig, args):
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        driver_type = ir.FunctionType(ir.VoidType(), [i64, i32, i64, i64, i32])
+        call = builder.inttoptr(args[0], driver_type.as_pointer())
+        count32 = builder.trunc(args[2], i32)
+        builder.call(call, [args[1], count32, ir.Constant(i64, 0), args[3], count32])
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
 @njit(inline="always")
-def launch(job_address, tasks, block):
-    """Tasks 0..tasks-1 of the job at ``job_address``, with the argument ``block``, on the pool
-    (inside a jitted launcher, which keeps the arrays alive while the tasks run)."""
-    run_tasks(job_address, tasks, 0, block.ctypes.data, tasks)
+def launch(job, tasks, block):
+    """Tasks 0..tasks-1 of ``job`` (a :attr:`Job.addresses` pair), with the argument
+    ``block``, on the pool (inside a jitted launcher, which keeps the arrays alive while the
+    tasks run). The driver is called through its address: a launcher that called
+    :func:`run_tasks` directly had its parallel code linked in and optimised again, 0.4 s of
+    cold compile per launcher."""
+    _call_driver(job[0], job[1], tasks, block.ctypes.data)
+
+
+@njit(inline="always")
+def launch_serially(job, tasks, block):
+    """Tasks 0..tasks-1 of ``job`` one after the other, in this thread (what :func:`launch`
+    does on the pool; for work too small to share out)."""
+    for i in range(tasks):
+        _call_job(job[1], np.intc(i), block.ctypes.data, np.intc(tasks))
+
+
+_driver: list = []
+_driver_lock = threading.Lock()
+
+
+def driver_address() -> int:
+    """The address of the one parallel driver as a C function
+    ``void drive(void *job, int count, size_t size, void *data, int extra)`` (compiled, or
+    loaded from the disk cache, on first use; the pool started first)."""
+    with _driver_lock:
+        if not _driver:
+            start_pool()
+            _driver.append(cfunc(_DRIVER, parallel=True, cache=True)(_drive))
+        return _driver[0].address
 
 
 def start_pool() -> None:
@@ -105,14 +158,30 @@ def start_pool() -> None:
     run_tasks(0, 0, 0, 0, 0)
 
 
+@contextlib.contextmanager
+def _slp_vectorisation():
+    """LLVM's SLP vectoriser on for what compiles inside (Numba switches it off by default
+    since numba#8852, after miscompilations in other code)."""
+    previous = numba.config.SLP_VECTORIZE
+    numba.config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        numba.config.SLP_VECTORIZE = previous
+
+
 class Job:
     """``function(task, block_address, tasks)`` as a C callback, compiled (or loaded from the
     disk cache) on first use: a kernel that never runs in parallel costs no compile. The pool
-    is started before the first launch (:func:`start_pool`)."""
+    is started before the first launch (:func:`start_pool`). With ``vectorise``, compiled with
+    LLVM's SLP vectoriser on and FMA contraction allowed (``fastmath={"contract"}``, no
+    reassociation): the direct convolution's register-blocked loops need both."""
 
-    def __init__(self, function):
+    def __init__(self, function, vectorise=False):
         self.function = function
+        self.vectorise = vectorise
         self._compiled = None
+        self._addresses = (0, 0)
         self._lock = threading.Lock()     # one compile: the machine code must stay alive
 
     @property
@@ -120,10 +189,27 @@ class Job:
         with self._lock:
             if self._compiled is None:
                 start_pool()
-                self._compiled = cfunc(JOB, cache=True)(self.function)
+                if self.vectorise:
+                    with _slp_vectorisation():
+                        compiled = cfunc(JOB, cache=True, fastmath={"contract"})(self.function)
+                else:
+                    compiled = cfunc(JOB, cache=True)(self.function)
+                self._compiled = compiled
+                self._addresses = (driver_address(), compiled.address)
             return self._compiled.address
 
+    def assembly(self) -> str:
+        """The job's machine code as assembly text (compiled in this process, not loaded)."""
+        self.address
+        return self._compiled._library.get_asm_str()
 
-def job(function) -> Job:
+    @property
+    def addresses(self) -> tuple[int, int]:
+        """(the driver's address, the job's): what a launcher hands to :func:`launch`."""
+        self.address
+        return self._addresses
+
+
+def job(function, vectorise=False) -> Job:
     """The :class:`Job` of ``function(task, block_address, tasks)``."""
-    return Job(function)
+    return Job(function, vectorise)

@@ -268,7 +268,7 @@ def _channels_parallel(backward, gy, x, weight, bias, eps, relu, out, mean, invs
                        e, tasks):
     """:func:`_channels_task` over ``tasks`` ranges of channels on Numba's pool (float32,
     C-contiguous (n, c, s) images and (c,) vectors)."""
-    _launch_channels(_channels_job.address, backward, gy, x, weight, bias, float(eps),
+    _launch_channels(_channels_job.addresses, backward, gy, x, weight, bias, float(eps),
                      bool(relu), out, mean, invstd, a, b, c, d, e, tasks)
 
 

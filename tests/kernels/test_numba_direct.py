@@ -202,14 +202,14 @@ def test_the_direct_loops_compile_to_vector_code(tmp_path):
     still give the right answer, so only this test would notice."""
     script = ("import re\n"
               "from refnas.kernels import numba_direct as d\n"
-              "for f in (d._forward_tasks, d._weight_grad_tasks):\n"
-              "    asm = '\\n'.join(f.inspect_asm().values())\n"
-              "    print(f.__name__, len(re.findall(r'vfmadd\\w+ps\\s+%[yz]mm', asm)))\n")
+              "for kind, name in ((d._FORWARD, 'forward'), (d._WEIGHT_GRAD, 'weight_grad')):\n"
+              "    asm = d._JOBS[kind].assembly()\n"
+              "    print(name, len(re.findall(r'vfmadd\\w+ps\\s+%[yz]mm', asm)))\n")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                             text=True, timeout=300, check=True)
     counts = dict(line.split() for line in result.stdout.splitlines())
-    assert set(counts) == {"_forward_tasks", "_weight_grad_tasks"}, result.stdout
+    assert set(counts) == {"forward", "weight_grad"}, result.stdout
     assert all(int(n) >= 8 for n in counts.values()), counts
 
 

@@ -42,7 +42,7 @@ def visit_job():
 @pytest.mark.parametrize("tasks", [0, 1, 2, 3, 64, 1001])
 def test_each_task_runs_once_on_the_launchers_arrays(visit_job, tasks):
     marks = np.zeros(tasks + 1, np.int64)        # one slot past the last task stays untouched
-    _launch_visits(visit_job.address, 7, marks, tasks)
+    _launch_visits(visit_job.addresses, 7, marks, tasks)
     expected = np.append(7 * tasks + np.arange(1, tasks + 1), 0)
     np.testing.assert_array_equal(marks, expected)
 
@@ -50,14 +50,14 @@ def test_each_task_runs_once_on_the_launchers_arrays(visit_job, tasks):
 @pytest.mark.timeout(120)
 def test_python_threads_launch_jobs_at_once(visit_job):
     """Eight launches from two Python threads: each sees only its own tasks' marks."""
-    _launch_visits(visit_job.address, 0, np.zeros(1, np.int64), 1)    # the pool has started
+    _launch_visits(visit_job.addresses, 0, np.zeros(1, np.int64), 1)    # the pool has started
     if numba.threading_layer() not in ("tbb", "omp"):
         pytest.skip("the workqueue layer aborts on parallel loops from two threads at once")
 
     def run(scale):
         marks = np.zeros(500, np.int64)
         for _ in range(20):
-            _launch_visits(visit_job.address, scale, marks, 500)
+            _launch_visits(visit_job.addresses, scale, marks, 500)
         return scale, marks
 
     with ThreadPoolExecutor(2) as pool:
