@@ -16,7 +16,8 @@ from tests.kernels.helpers import needs_numba
 pytestmark = needs_numba
 numba = pytest.importorskip("numba")
 
-from refnas.kernels.numba_jobs import block_of, job, launch, put_vector, vector  # noqa: E402
+from refnas.kernels.numba_jobs import (block_of, job, launch, launch_serially,  # noqa: E402
+                                      put_vector, vector)
 
 
 def _visit(task, address, tasks):
@@ -34,6 +35,14 @@ def _launch_visits(address, scale, marks, tasks):
     launch(address, tasks, block)
 
 
+@numba.njit(cache=True)
+def _launch_visits_serially(address, scale, marks, tasks):
+    block = np.zeros(4, np.int64)
+    block[0] = scale
+    put_vector(block, 2, marks)
+    launch_serially(address, tasks, block)
+
+
 @pytest.fixture(scope="module")
 def visit_job():
     return job(_visit)
@@ -45,6 +54,14 @@ def test_each_task_runs_once_on_the_launchers_arrays(visit_job, tasks):
     _launch_visits(visit_job.addresses, 7, marks, tasks)
     expected = np.append(7 * tasks + np.arange(1, tasks + 1), 0)
     np.testing.assert_array_equal(marks, expected)
+
+
+@pytest.mark.parametrize("tasks", [0, 1, 5])
+def test_a_job_runs_serially_too(visit_job, tasks):
+    """launch_serially: the same tasks, once each, in the calling thread."""
+    marks = np.zeros(tasks + 1, np.int64)
+    _launch_visits_serially(visit_job.addresses, 3, marks, tasks)
+    np.testing.assert_array_equal(marks, np.append(3 * tasks + np.arange(1, tasks + 1), 0))
 
 
 @pytest.mark.timeout(120)
