@@ -656,18 +656,24 @@ def _interleaves(kind, n, h, w, stride=(1, 1)) -> bool:
 # and a CNN-S step 9.0 instead of 11.2 ms; taking the 4x4 maps too (16) was slower again (91.3
 # against 88.6 ms) while they had a plane per sample (2.25x the map, padded); interleaved, they
 # pay. Blocks of output channels (input channels, for the weight gradient) are filled up with
-# copies of the last channel, so convolutions with fewer channels than a block (CNN-S's
-# 1-channel input) stay with im2col.
+# copies of the last channel, whose sums are dropped; even so, convolutions with fewer channels
+# than a block run faster here than with im2col, whose products are then thin (ms, direct /
+# im2col: ResNet-18's stem, 3 input channels, input gradient 0.35 / 1.00; CNN-S's first layer,
+# 1 input channel, weight gradient 0.52 / 0.73; 2 and 1 output channels of 8 on 32x32 maps,
+# forward 0.20 / 1.27 and 0.23 / 0.91, input gradient 0.15 / 2.11 and 0.12 / 4.41).
 MIN_POSITIONS = 64
 
-# strided input gradients go phase by phase from this many output positions per sample
+# strided input gradients go phase by phase from this many output positions per sample, and
+# this many input channels (ms, phases / im2col, stride 2 onto 32x32 and 28x28 maps: 3
+# channels 0.21 / 0.28, 1 channel 0.26 / 0.20)
 PHASES_MIN_POSITIONS = 64
+PHASES_MIN_CHANNELS = 3
 
 
 def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype) -> bool:
     """Whether the kernel ``kind`` ("forward", "input_grad" or "weight_grad") of this
-    convolution runs here: float32, ungrouped, and outputs and channels past the thresholds
-    above."""
+    convolution runs here: float32, ungrouped, and outputs (and for a strided input gradient,
+    channels) past the thresholds above."""
     (n, c, h, w), (k, _, kh, kw), (dh, dw) = x_shape, w_shape, dilation
     if not (np.dtype(dtype) == np.float32 and groups == 1 and min(padding) >= 0):
         return False
@@ -680,12 +686,8 @@ def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype) ->
         # all phases in one convolution of gy: it pays on ResNet-18's 16x16 and 8x8 output
         # maps (0.93 against 1.42 ms with im2col + col2im, 0.85 against 0.89), not on its 4x4
         # ones (1.05 against 0.77)
-        return positions >= PHASES_MIN_POSITIONS and c >= OUT_BLOCK
-    if kind == "forward":
-        return k >= OUT_BLOCK
-    if kind == "input_grad":
-        return c >= OUT_BLOCK
-    return k >= GRAD_OUT_BLOCK and c >= GRAD_IN_BLOCK
+        return positions >= PHASES_MIN_POSITIONS and c >= PHASES_MIN_CHANNELS
+    return True
 
 
 class PaddedInput:

@@ -121,8 +121,8 @@ def test_direct_loops_at_workload_sizes(x_shape, w_shape, stride, parallel_pad, 
     gy = rng.standard_normal((x_shape[0], w_shape[0], *out_hw)).astype(np.float32)
     for kind in ("forward", "input_grad", "weight_grad"):
         assert direct.applies(kind, x_shape, w_shape, *geometry, np.float32) == (
-            kind != "input_grad" or (w_shape[1] >= direct.OUT_BLOCK
-                                     and (stride == 1 or out_hw[0] * out_hw[1] >= 64)))
+            kind != "input_grad" or stride == 1
+            or (w_shape[1] >= direct.PHASES_MIN_CHANNELS and out_hw[0] * out_hw[1] >= 64))
     for name, args, magnitudes, kwargs in [
             ("conv2d_forward", (x, w), (np.abs(x), np.abs(w)), {"bias": bias}),
             ("conv2d_input_grad", (gy, w, x_shape), (np.abs(gy), np.abs(w), x_shape), {}),
@@ -136,8 +136,9 @@ def test_direct_loops_at_workload_sizes(x_shape, w_shape, stride, parallel_pad, 
 def test_the_numba_kernels_hand_the_direct_loops_their_convolutions():
     """Float32 ungrouped convolutions, of any stride and padding, with at least MIN_POSITIONS
     (64) outputs on their planes (a sample's map, or all samples' interleaved maps) go to the
-    direct loops, the input gradients that go phase by phase only onto maps of more than 64
-    outputs; float64, grouped, small and few-channel ones stay with im2col."""
+    direct loops, whatever their channel counts; the input gradients that go phase by phase
+    only onto maps of 64 outputs or more, from 3 input channels; float64, grouped and small
+    ones stay with im2col."""
     direct = _direct()
     calls = []
     spies = {name: (lambda name, real: lambda *a, **k: calls.append(name) or real(*a, **k))(
@@ -177,8 +178,13 @@ def test_the_numba_kernels_hand_the_direct_loops_their_convolutions():
     assert run((1, 8, 7, 8), (8, 8, 3, 3)) == []                                # 56 outputs
     assert run((4, 8, 4, 4), (8, 8, 3, 3)) == ["forward", "input_grad", "weight_grad"]  # 4 x 16
     assert run((3, 8, 4, 4), (8, 8, 3, 3)) == []                                # 3 x 16
-    assert run((2, 1, 16, 16), (8, 1, 3, 3)) == ["forward"]                     # 1 input channel
-    assert run((2, 8, 16, 16), (2, 8, 3, 3)) == ["input_grad"]                  # 2 outputs
+    # few channels: blocks filled with copies of the last channel still beat thin products
+    assert run((2, 1, 16, 16), (8, 1, 3, 3)) == ["forward", "input_grad", "weight_grad"]
+    assert run((2, 8, 16, 16), (2, 8, 3, 3)) == ["forward", "input_grad", "weight_grad"]
+    # strided input gradients by phases from PHASES_MIN_CHANNELS = 3 input channels
+    assert run((2, 3, 32, 32), (8, 3, 3, 3), stride=(2, 2)) == [
+        "forward", "input_grad", "weight_grad"]
+    assert run((2, 2, 32, 32), (8, 2, 3, 3), stride=(2, 2)) == ["forward", "weight_grad"]
 
 
 def test_the_direct_forward_keeps_no_columns():
