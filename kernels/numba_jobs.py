@@ -10,9 +10,11 @@ So each parallel kernel is a *job*: a ``@cfunc`` with the C signature
 ``void job(int task, int64 block, int tasks)`` that does task ``task`` of ``tasks``, reading its
 arguments from ``block``, the address of an int64 vector: array addresses and lengths
 (:func:`put_vector`), and integers. A small jitted *launcher* per kernel fills the block and
-hands it with the job's address to :func:`run_tasks`, the single ``prange`` driver, which calls
-the job once per task (:func:`launch`). OpenBLAS's parallel sections run through the same driver
-(:mod:`refnas.kernels.numba_blas`).
+hands it with the job's address to the single ``prange`` driver, which calls the job once per
+task (:func:`launch`). The driver is a C function too, called through its address
+(:func:`driver_address`), so that no launcher links its parallel code in. OpenBLAS's parallel
+sections run through the same loop (:func:`run_tasks`, :mod:`refnas.kernels.numba_blas`); a
+job can also run its tasks one after the other in the calling thread (:func:`launch_serially`).
 
 Inside a job, :func:`vector` turns an (address, length) pair back into a 1-D array. The arrays
 are the launcher's arguments, alive while the tasks run; its signature fixes their dtypes and
@@ -23,10 +25,11 @@ from __future__ import annotations
 import contextlib
 import threading
 
+import numba
 import numpy as np
 from llvmlite import ir
-import numba
 from numba import carray, cfunc, njit, prange, types
+from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
 # void job(int task, void *block, int tasks): pointers travel as 64-bit integers
@@ -149,25 +152,27 @@ def driver_address() -> int:
 def start_pool() -> None:
     """Start Numba's thread pool (once; later calls cost a few microseconds).
 
-    A jitted launcher loaded from the disk cache calls :func:`run_tasks`'s machine code
-    directly, and that code calls into the threading layer, whose symbols exist only once the
-    pool has started. Numba starts it when a parallel function is called from Python, not when
-    a cached caller of one is: without this, the first parallel kernel of a process that had
-    not called one from Python (kernels imported directly, or a BLAS without the callback API
-    of :mod:`refnas.kernels.numba_blas`) crashed with a segmentation fault."""
+    The driver's machine code, loaded from the disk cache and called by a jitted launcher,
+    calls into the threading layer, whose symbols exist only once the pool has started. Numba
+    starts it when a parallel function is called from Python, not when cached code calls one:
+    without this, the first parallel kernel of a process that had not called one from Python
+    (kernels imported directly, or a BLAS without the callback API of
+    :mod:`refnas.kernels.numba_blas`) crashed with a segmentation fault."""
     run_tasks(0, 0, 0, 0, 0)
 
 
 @contextlib.contextmanager
 def _slp_vectorisation():
     """LLVM's SLP vectoriser on for what compiles inside (Numba switches it off by default
-    since numba#8852, after miscompilations in other code)."""
-    previous = numba.config.SLP_VECTORIZE
-    numba.config.SLP_VECTORIZE = 1
-    try:
-        yield
-    finally:
-        numba.config.SLP_VECTORIZE = previous
+    since numba#8852, after miscompilations in other code), holding Numba's compiler lock so
+    that no compile in another thread sees the setting."""
+    with global_compiler_lock:
+        previous = numba.config.SLP_VECTORIZE
+        numba.config.SLP_VECTORIZE = 1
+        try:
+            yield
+        finally:
+            numba.config.SLP_VECTORIZE = previous
 
 
 class Job:
