@@ -28,19 +28,14 @@ def _visit(task, address, tasks):
 
 
 @numba.njit(cache=True)
-def _launch_visits(address, scale, marks, tasks):
+def _launch_visits(address, scale, marks, tasks, serial=False):
     block = np.zeros(4, np.int64)
     block[0] = scale
     put_vector(block, 2, marks)
-    launch(address, tasks, block)
-
-
-@numba.njit(cache=True)
-def _launch_visits_serially(address, scale, marks, tasks):
-    block = np.zeros(4, np.int64)
-    block[0] = scale
-    put_vector(block, 2, marks)
-    launch_serially(address, tasks, block)
+    if serial:
+        launch_serially(address, tasks, block)
+    else:
+        launch(address, tasks, block)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +55,7 @@ def test_each_task_runs_once_on_the_launchers_arrays(visit_job, tasks):
 def test_a_job_runs_serially_too(visit_job, tasks):
     """launch_serially: the same tasks, once each, in the calling thread."""
     marks = np.zeros(tasks + 1, np.int64)
-    _launch_visits_serially(visit_job.addresses, 3, marks, tasks)
+    _launch_visits(visit_job.addresses, 3, marks, tasks, True)
     np.testing.assert_array_equal(marks, np.append(3 * tasks + np.arange(1, tasks + 1), 0))
 
 
