@@ -372,8 +372,8 @@ def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
     over whole planes ran from L2 at about half the speed); runs shorter than a strip go
     several to a strip (the rows of 4x4 and 8x8 interleaved maps: their weight gradients 7-8%
     faster than a strip per row, a ResNet-18 step 0.9-1.2 ms less). Each (strip, tap) adds its
-    register sums into the tap's lanes in ``totals``;
-    the lanes are added up once, at the end of the task. Positions outside the output hold
+    register sums into the tap's lanes in ``totals``; the lanes are added up once, at the end
+    of the task. Positions outside the output hold
     gy = 0, so they add nothing, except that an infinite x there turns the sum into NaN where
     the reference would give an infinite one."""
     c_in, k_out, rows, run, pitch, taps, x_stride, g_stride, strip, x_pitch = dims[:10]
@@ -438,13 +438,13 @@ def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
 
 
 # --------------------------------------------------------------------------------------------
-# The three loops on the pool: one job (a C callback run task by task by numba_jobs's driver;
+# The three loops on the pool: a job each (C callbacks run task by task by numba_jobs's driver;
 # a parallel driver of their own had cost 4 s of the 30 s cold-compile budget)
 # --------------------------------------------------------------------------------------------
 _PAD, _FORWARD, _WEIGHT_GRAD = 0, 1, 2
 _EMPTY = np.empty(0, np.float32)
 _EMPTY_INTS = np.empty(0, np.int64)
-_BLOCK = 32     # a job's arguments: (unused), five float32 vectors, two int64 vectors, dims
+_BLOCK = 31     # a job's arguments: five float32 vectors, two int64 vectors, 17 dims
 
 
 @njit(inline="always")
@@ -452,14 +452,14 @@ def _arguments(address):
     """A loop's arguments from its block (filled by :func:`_launch`): a..e (float32 vectors),
     ints, place (int64 vectors) and dims."""
     block = block_of(address, _BLOCK)
-    a, b, c = vector(block, 1, np.float32), vector(block, 3, np.float32), \
-        vector(block, 5, np.float32)
-    d, e, ints = vector(block, 7, np.float32), vector(block, 9, np.float32), \
-        vector(block, 11, np.int64)
-    place = vector(block, 13, np.int64)
-    dims = (block[15], block[16], block[17], block[18], block[19], block[20], block[21],
-            block[22], block[23], block[24], block[25], block[26], block[27], block[28],
-            block[29], block[30], block[31])
+    a, b, c = vector(block, 0, np.float32), vector(block, 2, np.float32), \
+        vector(block, 4, np.float32)
+    d, e, ints = vector(block, 6, np.float32), vector(block, 8, np.float32), \
+        vector(block, 10, np.int64)
+    place = vector(block, 12, np.int64)
+    dims = (block[14], block[15], block[16], block[17], block[18], block[19], block[20],
+            block[21], block[22], block[23], block[24], block[25], block[26], block[27],
+            block[28], block[29], block[30])
     return a, b, c, d, e, ints, place, dims
 
 
@@ -493,12 +493,12 @@ _JOBS = {_PAD: job(_pad_task), _FORWARD: job(_forward_task, vectorise=True),
 @njit(cache=True)
 def _launch(job_, serial, a, b, c, d, e, ints, place, dims, n_tasks):
     block = np.empty(_BLOCK, np.int64)
-    for at, vector_ in ((1, a), (3, b), (5, c), (7, d), (9, e)):
+    for at, vector_ in ((0, a), (2, b), (4, c), (6, d), (8, e)):
         put_vector(block, at, vector_)
-    put_vector(block, 11, ints)
-    put_vector(block, 13, place)
+    put_vector(block, 10, ints)
+    put_vector(block, 12, place)
     for i in range(17):
-        block[15 + i] = dims[i]
+        block[14 + i] = dims[i]
     if serial:
         launch_serially(job_, n_tasks, block)
     else:
@@ -842,7 +842,8 @@ def _by_phases(stride, padding, dilation, kernel) -> bool:
 
 
 def _input_grad_by_phases(gy, w, x_shape, stride, padding, dilation):
-    r"""The input gradient of a strided convolution, one phase of the padded input at a time.
+    r"""The input gradient of a strided (or over-padded) convolution, by the phases of the
+    padded input.
 
     Cell :math:`(s_h A + \alpha, s_w B + \beta)` of the padded input is read by the taps with
     :math:`p d_h \equiv \alpha \pmod{s_h}` and :math:`q d_w \equiv \beta \pmod{s_w}`, from
