@@ -37,6 +37,11 @@ for dtype in dtypes:
     g1 = ((1, 1), (1, 1), (1, 1), 1)
     y1 = k("conv2d_forward")(wide, w1, *g1)
     k("conv2d_input_grad")(y1, w1, wide.shape, *g1)
+    k("conv2d_weight_grad")(wide, y1, w1.shape, *g1)
+    strided = ((2, 2), (0, 0), (1, 1), 1)                      # a projection shortcut
+    w2 = rng.standard_normal((4, 4, 1, 1)).astype(dtype)
+    y2 = k("conv2d_forward")(wide, w2, *strided)
+    k("conv2d_backward")(y2, wide, w2, *strided)
     pooled, argmax = k("max_pool2d_forward")(x, (2, 2), (2, 2), (0, 0))
     k("max_pool2d_backward")(pooled, argmax, x.shape, (2, 2), (2, 2), (0, 0))
     avg = k("avg_pool2d_forward")(x, (2, 2), (2, 2), (0, 0), True)

@@ -1,7 +1,9 @@
 r"""Numba + BLAS kernels for 2-D convolution: forward, input gradient, weight gradient.
 
-Ungrouped float32 convolutions with 64 or more outputs per plane go to the direct loops of
-:mod:`refnas.kernels.numba_direct` (no im2col, no BLAS); everything else is done here.
+Ungrouped float32 convolutions go to loops of their own where those pay: strided 1x1 ones
+(projection shortcuts) to the fused products of :mod:`refnas.kernels.numba_pointwise`, those
+with 64 or more outputs per plane to the direct loops of :mod:`refnas.kernels.numba_direct` (no
+im2col, no BLAS); everything else is done here.
 
 The arithmetic is matrix products done by the BLAS behind ``np.matmul`` (float32 sgemm, on every
 core); Numba does the memory work around them, one (sample, channel) plane per task (serially,
@@ -30,6 +32,7 @@ from numba import njit
 
 from refnas.backend import register_kernel
 from refnas.kernels import numba_direct as direct
+from refnas.kernels import numba_pointwise as pointwise
 from refnas.kernels.numba_jobs import block_of, job, launch, put_vector, vector
 from refnas.kernels.numba_support import contiguous, same_float_dtype, scratch
 
@@ -286,6 +289,9 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None, keep_colu
     can take instead of packing x again; else None.
     """
     x, w = contiguous(x), contiguous(w)
+    if pointwise.applies(x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
+        y = pointwise.forward(x, w, None if bias is None else contiguous(bias), stride)
+        return (y, None) if keep_columns else y
     if direct.applies("forward", x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
         return direct.forward(x, w, None if bias is None else contiguous(bias), padding,
                               dilation, stride, keep=keep_columns)
@@ -327,6 +333,8 @@ def conv2d_weight_grad(x, gy, weight_shape, stride, padding, dilation, groups, c
     samples: the sum over samples happens inside the sgemm (Numba + BLAS). ``columns``, the
     whole batch's wide column matrix kept by :func:`conv2d_forward`, saves packing x again."""
     x, gy = contiguous(x), contiguous(gy)
+    if pointwise.applies(x.shape, weight_shape, stride, padding, dilation, groups, x.dtype):
+        return pointwise.backward(gy, x.shape, tuple(weight_shape), stride, x=x)[1]
     if direct.applies("weight_grad", x.shape, weight_shape, stride, padding, dilation, groups,
                       x.dtype):
         return direct.weight_grad(x, gy, weight_shape, padding, dilation, stride,
@@ -352,6 +360,8 @@ def conv2d_weight_grad(x, gy, weight_shape, stride, padding, dilation, groups, c
 def conv2d_input_grad(gy, w, input_shape, stride, padding, dilation, groups):
     """gx = col2im(per group W_g^T @ gY_g), one sgemm per sample (Numba + BLAS)."""
     gy, w = contiguous(gy), contiguous(w)
+    if pointwise.applies(input_shape, w.shape, stride, padding, dilation, groups, gy.dtype):
+        return pointwise.backward(gy, tuple(input_shape), w.shape, stride, w=w)[0]
     if direct.applies("input_grad", input_shape, w.shape, stride, padding, dilation, groups,
                       gy.dtype):
         return direct.input_grad(gy, w, padding, dilation, stride, input_shape)
@@ -381,9 +391,13 @@ def conv2d_input_grad(gy, w, input_shape, stride, padding, dilation, groups):
 
 @register_kernel("conv2d_backward", "numba", supports=_supported_backward)
 def conv2d_backward(gy, x, w, stride, padding, dilation, groups, columns=None):
-    """(gx, gw): a stride-1 "same" convolution on the direct loops pads gy once for both
-    (:func:`numba_direct.backward`); any other, the two kernels above, one after the other."""
+    """(gx, gw): a strided 1x1 convolution in one pass over the samples
+    (:func:`numba_pointwise.backward`); a stride-1 "same" convolution on the direct loops pads
+    gy once for both (:func:`numba_direct.backward`); any other, the two kernels above, one
+    after the other."""
     gy, x, w = contiguous(gy), contiguous(x), contiguous(w)
+    if pointwise.applies(x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
+        return pointwise.backward(gy, x.shape, w.shape, stride, x=x, w=w)
     if tuple(stride) == (1, 1) and all(
             direct.applies(kind, x.shape, w.shape, stride, padding, dilation, groups, x.dtype)
             for kind in ("input_grad", "weight_grad")):

@@ -98,46 +98,15 @@ def _stack_array(typingctx, size, dtype):
 # --------------------------------------------------------------------------------------------
 # Planes onto the flat padded grid
 # --------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
-def _phase_plane(src, target, base, step, h, w, top, left, sh, sw, rows, cols, phases, zeroed):
-    """Write one h x w plane ``src`` as its phase planes: phase f = (alpha, beta) holds, at row
-    r and column m, the padded plane's cell (r*sh + alpha, m*sw + beta), i.e. the input cell
-    (r*sh + alpha - top, m*sw + beta - left) or zero outside the image. Cell (f, r, m) goes to
-    target[base + ((f*rows + r)*cols + m)*step]; the zeros are not written when the target is
-    ``zeroed`` already. (Unsigned indices: Numba's negative-index checks had made this four
-    times slower than the copy it replaced.)"""
-    for f in range(phases.size // 2):
-        alpha, beta = phases[2 * f], phases[2 * f + 1]
-        # the columns m whose input column lies inside the image
-        m0 = min(cols, max(0, (left - beta + sw - 1) // sw))
-        m1 = max(m0, min(cols, (w + left - beta + sw - 1) // sw))
-        for r in range(rows):
-            out = u64(base + (f * rows + r) * cols * step)
-            a = r * sh + alpha - top
-            inside = 0 <= a < h
-            if not zeroed:
-                for m in range(m0 if inside else cols):
-                    target[out + u64(m * step)] = 0
-            if not inside:
-                continue
-            first = u64(a * w + m0 * sw + beta - left)
-            if step == 1 and sw == 1:                     # a plain copy (vectorised)
-                start = out + u64(m0)
-                for m in range(m1 - m0):
-                    target[start + u64(m)] = src[first + u64(m)]
-            else:
-                for m in range(m1 - m0):
-                    target[out + u64((m0 + m) * step)] = src[first + u64(m * sw)]
-            if not zeroed:
-                for m in range(m1, cols):
-                    target[out + u64(m * step)] = 0
-
-
 @njit(cache=True)
 def _paired_phase_planes(src, target, base, step, h, w, top, left, sh, rows, cols, phases):
-    """:func:`_phase_plane` into a ``zeroed`` target, for a column stride of 2 when each
-    phase (alpha, 0) is followed by (alpha, 1): both from one pass over each source row
-    (:func:`_split_row`)."""
+    """Write one h x w plane ``src`` as its phase planes into a ``zeroed`` target, for a column
+    stride of 2 when each phase (alpha, 0) is followed by (alpha, 1) (see :class:`_Grid`):
+    phase f = (alpha, beta) holds, at row r and column m, the padded plane's cell
+    (r*sh + alpha, 2m + beta), i.e. the input cell (r*sh + alpha - top, 2m + beta - left), at
+    target[base + ((f*rows + r)*cols + m)*step]. Both column phases of a row come from one
+    pass over the source row (:func:`_split_row`). (Unsigned indices: Numba's negative-index
+    checks had made the phase planes four times slower than the copy they replaced.)"""
     for f in range(0, phases.size // 2, 2):
         alpha = phases[2 * f]
         for r in range(rows):
@@ -176,8 +145,8 @@ def _split_row(src, row, target, out0, out1, step, w, left, cols):
 @njit(cache=True, inline="always")
 def _pad_plane(src, out, h, w, top, left, pitch):
     """Stride 1, one phase: the h x w plane ``src`` at row ``top`` and column ``left`` of
-    ``out`` (rows of ``pitch``), every other value zero. (The same as :func:`_phase_plane`,
-    but a third faster: contiguous copies and fills that LLVM vectorises.)"""
+    ``out`` (rows of ``pitch``), every other value zero (contiguous copies and fills, which
+    LLVM vectorises)."""
     for k in range(top * pitch + left):
         out[k] = 0
     for r in range(h):
@@ -196,10 +165,9 @@ def _pad_planes(source, dims, phases, target, first, last):
     """Tasks [first, last) of writing the (samples, channels) planes of ``source`` onto the
     grid (:class:`_Grid`): one task per plane, each to its own ``length`` of ``target`` (in
     (channel, sample) order when ``swap``), or, with ``lanes`` > 1, one task per channel, whose
-    samples are interleaved in one ``length``. Every value that is no input cell is zero."""
-    samples, channels, h, w, top, left, sh, sw, rows, cols, lanes, length, swap, paired = \
-        dims[:14]
-    used = phases.size // 2 * rows * cols * lanes
+    samples are interleaved in one ``length``. Every value that is no input cell is zero.
+    Strided grids must pair their column phases (:func:`_pairs_phases`)."""
+    samples, channels, h, w, top, left, sh, sw, rows, cols, lanes, length, swap = dims[:13]
     interleaved = lanes > 1
     for task in range(first, last):
         if interleaved:      # zeroing the plane at once beat writing the zeros sample by sample
@@ -210,9 +178,8 @@ def _pad_planes(source, dims, phases, target, first, last):
                 _pad_plane(source[task * h * w:(task + 1) * h * w],
                            target[place * length:(place + 1) * length], h, w, top, left, cols)
                 continue
-            start, stop = place * length + used, (place + 1) * length
-            if paired:                  # zeroed whole: the phase rows are written in pairs
-                start = place * length
+            # zeroed whole: the phase rows are written in pairs
+            start, stop = place * length, (place + 1) * length
         for k in range(stop - start):      # (unsigned: no negative-index checks)
             target[u64(start) + u64(k)] = 0
         if interleaved and sh == 1 and sw == 1:        # one phase: the cells, sample by sample
@@ -223,17 +190,12 @@ def _pad_planes(source, dims, phases, target, first, last):
                     for k in range(w):
                         target[row + u64(k * lanes)] = source[plane + u64(r * w + k)]
             continue
-        # strided: the phase planes (one call site of the inlined _phase_plane: each call site
-        # is compiled anew, and this function's cold compile is counted against 30 s)
+        # strided: the phase planes, their column phases in pairs
         for n in range(samples if interleaved else 1):
             plane = n * channels + task if interleaved else task
             base = start + n if interleaved else place * length
-            if paired:
-                _paired_phase_planes(source[plane * h * w:(plane + 1) * h * w], target, base,
-                                     lanes, h, w, top, left, sh, rows, cols, phases)
-                continue
-            _phase_plane(source[plane * h * w:(plane + 1) * h * w], target, base, lanes, h, w,
-                         top, left, sh, sw, rows, cols, phases, interleaved)
+            _paired_phase_planes(source[plane * h * w:(plane + 1) * h * w], target, base,
+                                 lanes, h, w, top, left, sh, rows, cols, phases)
 
 
 # --------------------------------------------------------------------------------------------
@@ -540,11 +502,10 @@ class _Grid:
         self.lanes = self.n if interleave else 1
         self.groups = 1 if interleave else self.n            # plane groups: samples, or one
         reads = [(p * dh, q * dw) for p in range(kh) for q in range(kw)]
-        phases = sorted({(a % sh, b % sw) for a, b in reads})
+        phases = _phases((sh, sw), (dh, dw), (kh, kw))
         self.phases = np.array(phases, np.int64).reshape(-1)
-        # column stride 2, each phase (alpha, 0) followed by (alpha, 1)
-        self.paired = (sw == 2
-                       and phases == [(a, b) for a, _ in phases[::2] for b in (0, 1)])
+        # strided grids are laid out by column-phase pairs (see applies)
+        assert (sh, sw) == (1, 1) or _pairs_phases(sw, phases), phases
         self.rows = self.oh + max(a // sh for a, _ in reads)   # of a phase plane
         self.cols = self.ow + max(b // sw for _, b in reads)
         self.pitch = self.cols * self.lanes                   # values from row to row
@@ -588,8 +549,7 @@ class _Grid:
         array of its own with ``own`` (else in this thread's scratch)."""
         planes = self.c * self.groups
         dims = (self.n, self.c, self.h, self.w, self.ph, self.pw, *self.stride, self.rows,
-                self.cols, self.lanes, self.length, int(channel_major), int(self.paired), 0,
-                0, 0)
+                self.cols, self.lanes, self.length, int(channel_major), 0, 0, 0, 0)
         return self._pad(x, self.phases, dims, planes, "direct input", planes * self.length,
                          own)
 
@@ -690,12 +650,33 @@ PHASES_MIN_POSITIONS = 64
 PHASES_MIN_CHANNELS = 3
 
 
+@functools.lru_cache(maxsize=256)
+def _phases(stride, dilation, kernel) -> list[tuple[int, int]]:
+    """The phases (alpha, beta) of the padded input that some tap reads (see :class:`_Grid`)."""
+    return sorted({(p * dilation[0] % stride[0], q * dilation[1] % stride[1])
+                   for p in range(kernel[0]) for q in range(kernel[1])})
+
+
+def _pairs_phases(column_stride, phases) -> bool:
+    """Whether a strided grid's phases come in column pairs, as its planes are laid out
+    (:func:`_paired_phase_planes`): column stride 2, each phase (alpha, 0) followed by
+    (alpha, 1). ResNet's strided 3x3 convolutions do; the rest (strides of 3, one column
+    phase: a 1x1 or dilated kernel) are left to im2col. A general phase-plane writer had cost
+    0.9 s of the 30 s cold-compile budget for layers that no workload has (strided 1x1 ones
+    have loops of their own, :mod:`refnas.kernels.numba_pointwise`)."""
+    return column_stride == 2 and phases == [(a, b) for a, _ in phases[::2] for b in (0, 1)]
+
+
 def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype) -> bool:
     """Whether the kernel ``kind`` ("forward", "input_grad" or "weight_grad") of this
-    convolution runs here: float32, ungrouped, and outputs (and for a strided input gradient,
-    channels) past the thresholds above."""
+    convolution runs here: float32, ungrouped, outputs (and for a strided input gradient,
+    channels) past the thresholds above, and for a strided forward or weight gradient, phases
+    in column pairs (:func:`_pairs_phases`)."""
     (n, c, h, w), (k, _, kh, kw), (dh, dw) = x_shape, w_shape, dilation
     if not (np.dtype(dtype) == np.float32 and groups == 1 and min(padding) >= 0):
+        return False
+    if kind != "input_grad" and tuple(stride) != (1, 1) and not _pairs_phases(
+            stride[1], _phases(tuple(stride), tuple(dilation), (kh, kw))):
         return False
     positions = (((h + 2 * padding[0] - dh * (kh - 1) - 1) // stride[0] + 1)
                  * ((w + 2 * padding[1] - dw * (kw - 1) - 1) // stride[1] + 1))
