@@ -160,15 +160,17 @@ def _task(task, address, tasks):
     forward = gy.size == 0
     shares, weight_grad, input_grad = bias, not forward and bias.size > 0, \
         not forward and out.size > 0
-    # scratch: x̂_n (or its transpose), and the product's rows when they cannot be y's or ȳ's
-    # own (maps that are not whole blocks of COLS positions) or go onto x's grid
+    # scratch: x̂_n (or its transpose), or the input gradient's cells; and, for maps that are
+    # not whole blocks of COLS positions, y's or ȳ's rows padded to whole blocks. (Columns of
+    # the panel past the last channel may hold the cells of the sample before: they only make
+    # sums in the share's padding columns, which are dropped.)
     panel = np.zeros(max(c_in * pitch, length * c_pitch), np.float32)
     padded = pitch != length
-    rows = np.zeros(k_out * pitch if padded or not forward else 0, np.float32)
-    first = np.int64(task) * group
+    rows = np.zeros(k_out * pitch if padded else 0, np.float32)
+    first, share = np.int64(task) * group, np.int64(task) * k_out * c_pitch
     if weight_grad:
         for k in range(k_out * c_pitch):
-            shares[first // group * k_out * c_pitch + k] = 0
+            shares[share + k] = 0
     for sample in range(first, min(first + group, n)):
         at = sample * k_out * length
         for kind in range(3):
@@ -180,7 +182,7 @@ def _task(task, address, tasks):
             if kind == _WEIGHT_GRAD:     # ȳ_n (K, L) times x̂_n^T (L, C), added to the share
                 a, a_at, a_row, a_inner, m, inner = gy, at, length, 1, k_out, length
                 b, b_at, b_pitch = panel, 0, c_pitch
-                target, t_at, t_pitch = shares, first // group * k_out * c_pitch, c_pitch
+                target, t_at, t_pitch = shares, share, c_pitch
             elif kind == _FORWARD:       # W (K, C) times x̂_n (C, L), from the bias
                 a, a_at, a_row, a_inner, m, inner = w, 0, c_in, 1, k_out, c_in
                 b, b_at, b_pitch = panel, 0, pitch
@@ -211,6 +213,8 @@ def _task(task, address, tasks):
 
 
 _JOB = job(_task, vectorise=True)
+
+
 def _dims(x_shape, k_out, stride, group=1):
     n, c_in, h, w = x_shape
     return (n, c_in, k_out, h, w, stride[0], stride[1], (h - 1) // stride[0] + 1,
