@@ -136,6 +136,8 @@ def _product(a, a_at, a_row, a_inner, rows, inner, b, b_at, b_pitch, width, out,
                     out[row + u64(t)] = sums[mm * COLS + t]
 
 
+TASKS_PER_THREAD = 2
+
 # --------------------------------------------------------------------------------------------
 # The job
 # --------------------------------------------------------------------------------------------
@@ -242,7 +244,7 @@ def backward(gy, x_shape, w_shape, stride, x=None, w=None):
     None), gw when x is given (else None). Each task takes a group of samples (two tasks per
     thread when it adds up a share of gw, else one sample)."""
     n, (k_out, c_in) = x_shape[0], w_shape[:2]
-    group = max(1, n // (2 * numba.get_num_threads())) if x is not None else 1
+    group = max(1, n // (TASKS_PER_THREAD * numba.get_num_threads())) if x is not None else 1
     tasks = -(-n // group)
     dims = _dims(x_shape, k_out, stride, group)
     gx = None if w is None else np.empty(x_shape, np.float32)
