@@ -41,7 +41,7 @@ from refnas.kernels.numba_support import contiguous, same_float_dtype, scratch
 # filled by a precomputed *gather table* (``_Geometry.table``): cols[row (p, q), l] =
 # padded[table[(p*KW + q)*L + l]], one branch-free load per cell; the padding cells read the zero
 # border.
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _fill_interior(plane, dims, padded):
     h, w, ph, pw = dims[2], dims[3], dims[8], dims[9]
     width = w + 2 * pw
@@ -51,7 +51,7 @@ def _fill_interior(plane, dims, padded):
             row[k] = source[k]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _gather_plane(plane, dims, table, padded, cols, base, row_step):
     """The KH*KW column rows of one plane by the gather table (row (p, q) at base +
     (p*KW + q)*row_step); ``padded`` has a zero border."""
@@ -63,7 +63,7 @@ def _gather_plane(plane, dims, table, padded, cols, base, row_step):
             target[k] = padded[index[k]]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _scatter_plane(cols, base, row_step, dims, table, padded, plane):
     """The adjoint of :func:`_gather_plane`: add each column entry into the padded plane at its
     table index, then keep the interior."""
@@ -82,7 +82,7 @@ def _scatter_plane(cols, base, row_step, dims, table, padded, plane):
 
 
 # ``dims`` = (N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW), built by _Geometry.dims().
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _plane_rows(dims, task, wide):
     """Where the KH*KW column rows of input plane ``task`` (= sample * C + channel) start, and
     the distance between consecutive rows, in either column layout."""

@@ -75,7 +75,7 @@ def _shifted_sums(x, shift, total, squares, c0, c1):
                 squares[ch] += q
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _statistics(total, squares, count, shift, weight, eps, mean, invstd, scale, c0, c1):
     r"""mean, invstd and weight*invstd of channels c0 <= c < c1 from the sums of x - K and
     (x - K)^2 over ``count`` values (K = ``shift``): :math:`\mu = K + \bar d`,
@@ -116,7 +116,7 @@ def _forward(x, weight, bias, eps, relu, y, mean, invstd, shift, scale, c0, c1):
                     out[j] = (row[j] - mu) * a + b
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _coefficients(weight, invstd, sum_g, sum_g_centred, count, gweight, gbias, coef_g, coef_x,
                   coef_1, c0, c1):
     r"""``gbias``, ``gweight``, and :math:`\bar x = a\,\bar y + b\,(x - \mu) + d` for channels

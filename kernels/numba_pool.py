@@ -43,7 +43,7 @@ def _window(o, stride, padding, kernel, size):
     return max(start, 0), min(start + kernel, size)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _has_nan(values):
     found = False
     for k in range(values.size):
