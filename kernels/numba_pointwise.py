@@ -58,14 +58,14 @@ def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype) -> bool:
 # Cells in and out
 # --------------------------------------------------------------------------------------------
 @njit(inline="always")
-def _gather(x, n, channels, h, w, sh, sw, oh, ow, panel, pitch, transposed):
-    """x̂ of sample n: panel[c, l] = x[n, c, i*sh, j*sw] (l = i*OW + j; rows ``pitch`` apart),
-    or ``transposed``, panel[l, c] (rows ``pitch`` apart); nothing else is written."""
+def _gather(x, n, channels, h, w, sh, sw, oh, ow, panel, base, pitch, transposed):
+    """x̂ of sample n: panel[base + (c, l)] = x[n, c, i*sh, j*sw] (l = i*OW + j; rows
+    ``pitch`` apart), or ``transposed``, panel[base + (l, c)]; nothing else is written."""
     c_step, l_step = (1, pitch) if transposed else (pitch, 1)
     for c in range(channels):
         plane = u64((n * channels + c) * h * w)
         for i in range(oh):
-            src, out = plane + u64(i * sh * w), u64(c * c_step + i * ow * l_step)
+            src, out = plane + u64(i * sh * w), u64(base + c * c_step + i * ow * l_step)
             if not transposed and sw == 2:        # (a literal stride: vector loads + shuffles)
                 for j in range(ow):
                     panel[out + u64(j)] = x[src + u64(2 * j)]
@@ -77,28 +77,16 @@ def _gather(x, n, channels, h, w, sh, sw, oh, ow, panel, pitch, transposed):
 @njit(inline="always")
 def _scatter(cells, pitch, n, channels, h, w, sh, sw, oh, ow, gx):
     """x̄ of sample n: gx[n, c, i*sh, j*sw] = cells[c, i*OW + j] (rows ``pitch`` apart), every
-    other cell zero; each row of gx written once, front to back."""
+    other cell zero: each plane zeroed whole (vector stores), then its cells written (the
+    plane is in L1 by then)."""
     for c in range(channels):
-        plane, source = u64((n * channels + c) * h * w), u64(c * pitch)
-        for a in range(h):
-            row = plane + u64(a * w)
-            i = a // sh
-            if a % sh or i >= oh:
-                for b in range(w):
-                    gx[row + u64(b)] = 0
-                continue
-            values = source + u64(i * ow)
-            if sw == 2 and w >= 2 * ow:          # pairs (value, 0): vector shuffles
-                for j in range(ow):
-                    gx[row + u64(2 * j)] = cells[values + u64(j)]
-                    gx[row + u64(2 * j + 1)] = 0
-                for b in range(2 * ow, w):
-                    gx[row + u64(b)] = 0
-            else:
-                for b in range(w):
-                    gx[row + u64(b)] = 0
-                for j in range(ow):
-                    gx[row + u64(j * sw)] = cells[values + u64(j)]
+        plane = u64((n * channels + c) * h * w)
+        for k in range(h * w):
+            gx[plane + u64(k)] = 0
+        for i in range(oh):
+            row, values = plane + u64(i * sh * w), u64(c * pitch + i * ow)
+            for j in range(ow):
+                gx[row + u64(j * sw)] = cells[values + u64(j)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,17 +94,17 @@ def _scatter(cells, pitch, n, channels, h, w, sh, sw, oh, ow, gx):
 # --------------------------------------------------------------------------------------------
 @njit(cache=True, fastmath={"contract"})
 def _product(a, a_at, a_row, a_inner, rows, inner, b, b_at, b_pitch, width, out, o_at,
-             o_pitch):
-    r"""out[m, j] += \sum_r A[m, r] b[r, j] for m < rows, r < inner, j < width (a multiple of
-    COLS), where A[m, r] = a[a_at + m*a_row + r*a_inner], and b's and out's rows start at b_at
-    and o_at, b_pitch and o_pitch apart.
+             o_pitch, repeat, a_step):
+    r"""out[m, j] += \sum_s \sum_r A_s[m, r] b[s*inner + r, j] for m < rows, r < inner,
+    s < repeat, j < width (a multiple of COLS), where A_s[m, r] = a[a_at + s*a_step + m*a_row
+    + r*a_inner], and b's and out's rows start at b_at and o_at, b_pitch and o_pitch apart.
+    (``repeat`` > 1: the weight gradient's sum over a group of samples, in registers.)
 
     Register blocks of ROWS x COLS sums: per r, two vector loads of b's row and ROWS broadcasts
     of A feed twelve fused multiply-adds. The blocks of columns are the outer loop, so that all
-    rows sweep one (inner x COLS) tile of b while it is in the L1 cache. A block past the last
-    row takes that row again: it computes the same sums from the same values and stores them
-    to the same place, so every loop has a fixed trip count (which LLVM's SLP vectoriser
-    needs)."""
+    rows sweep one tile of b while it is in cache. A block past the last row takes that row
+    again: it computes the same sums from the same values and stores them to the same place,
+    so every loop has a fixed trip count (which LLVM's SLP vectoriser needs)."""
     sums = numba.carray(_stack_array(_SUMS, b.dtype), (_SUMS,))
     for j0 in range(0, width, COLS):
         for m0 in range(0, rows, ROWS):
@@ -124,18 +112,21 @@ def _product(a, a_at, a_row, a_inner, rows, inner, b, b_at, b_pitch, width, out,
                 row = u64(o_at + min(m0 + mm, rows - 1) * o_pitch + j0)
                 for t in range(COLS):
                     sums[mm * COLS + t] = out[row + u64(t)]
-            for r in range(inner):
-                line = u64(b_at + r * b_pitch + j0)
-                for mm in range(ROWS):
-                    weight = a[u64(a_at + min(m0 + mm, rows - 1) * a_row + r * a_inner)]
-                    for t in range(COLS):
-                        sums[mm * COLS + t] += weight * b[line + u64(t)]
+            for s in range(repeat):
+                for r in range(inner):
+                    line = u64(b_at + (s * inner + r) * b_pitch + j0)
+                    for mm in range(ROWS):
+                        weight = a[u64(a_at + s * a_step + min(m0 + mm, rows - 1) * a_row
+                                       + r * a_inner)]
+                        for t in range(COLS):
+                            sums[mm * COLS + t] += weight * b[line + u64(t)]
             for mm in range(ROWS):
                 row = u64(o_at + min(m0 + mm, rows - 1) * o_pitch + j0)
                 for t in range(COLS):
                     out[row + u64(t)] = sums[mm * COLS + t]
 
 
+# the backward's tasks per thread, each a group of samples (1, 2 and 4 measured alike)
 TASKS_PER_THREAD = 2
 
 # --------------------------------------------------------------------------------------------
@@ -147,8 +138,8 @@ _FORWARD, _INPUT_GRAD, _WEIGHT_GRAD = 0, 1, 2
 def _task(task, address, tasks):
     """The samples of task ``task`` (one, or a group of them for a weight gradient), and for
     each, the products asked for: the forward y_n = W x̂_n + b (when no gy is given), else
-    the cells of x̄ = W^T ȳ_n (when gx is given) and the share of w̄ = ȳ_n x̂_n^T (when
-    shares are given: rows of whole blocks of COLS channels).
+    the cells of x̄ = W^T ȳ_n (when gx is given) and the group's share of w̄ = sum of
+    ȳ_n x̂_n^T (when shares are given: rows of whole blocks of COLS channels).
 
     One call site each of the gather, the product and the scatter: every call site of an
     inlined function is compiled anew, and the cold compile of all kernels is held under
@@ -162,27 +153,35 @@ def _task(task, address, tasks):
     forward = gy.size == 0
     shares, weight_grad, input_grad = bias, not forward and bias.size > 0, \
         not forward and out.size > 0
-    # scratch: x̂_n (or its transpose), or the input gradient's cells; and, for maps that are
-    # not whole blocks of COLS positions, y's or ȳ's rows padded to whole blocks. (Columns of
-    # the panel past the last channel may hold the cells of the sample before: they only make
-    # sums in the share's padding columns, which are dropped.)
-    panel = np.zeros(max(c_in * pitch, length * c_pitch), np.float32)
+    # scratch: x̂_n, or the group's x̂_n^T one after the other (for w̄); the input gradient's
+    # cells; and, for maps that are not whole blocks of COLS positions, y's or ȳ's rows padded
+    # to whole blocks
+    first, share = np.int64(task) * group, np.int64(task) * k_out * c_pitch
+    count = min(group, n - first)
+    panel = np.zeros(count * length * c_pitch if weight_grad else c_in * pitch, np.float32)
+    cells = np.zeros(c_in * pitch if input_grad else 0, np.float32)
     padded = pitch != length
     rows = np.zeros(k_out * pitch if padded else 0, np.float32)
-    first, share = np.int64(task) * group, np.int64(task) * k_out * c_pitch
     if weight_grad:
         for k in range(k_out * c_pitch):
             shares[share + k] = 0
-    for sample in range(first, min(first + group, n)):
+    for sample in range(first, first + count):
         at = sample * k_out * length
         for kind in range(3):
             if not (forward, input_grad, weight_grad)[kind]:
                 continue
-            if kind != _INPUT_GRAD:                   # x̂_n, (C, L) or (L, C) for w̄
+            if kind != _INPUT_GRAD:       # x̂_n, (C, L), or its transpose after the group's
                 _gather(x, sample, c_in, h, wd, sh, sw, oh, ow, panel,
+                        (sample - first) * length * c_pitch if kind == _WEIGHT_GRAD else 0,
                         pitch if kind == _FORWARD else c_pitch, kind == _WEIGHT_GRAD)
-            if kind == _WEIGHT_GRAD:     # ȳ_n (K, L) times x̂_n^T (L, C), added to the share
-                a, a_at, a_row, a_inner, m, inner = gy, at, length, 1, k_out, length
+            repeat, a_step = 1, 0
+            if kind == _WEIGHT_GRAD:
+                if sample < first + count - 1:
+                    continue              # the group's x̂^T first, then one product for all
+                # sum over the group of ȳ_n (K, L) times x̂_n^T (L, C), added to the share
+                a, a_at, a_row, a_inner, m, inner = gy, first * k_out * length, length, 1, \
+                    k_out, length
+                repeat, a_step = count, k_out * length
                 b, b_at, b_pitch = panel, 0, c_pitch
                 target, t_at, t_pitch = shares, share, c_pitch
             elif kind == _FORWARD:       # W (K, C) times x̂_n (C, L), from the bias
@@ -201,13 +200,14 @@ def _task(task, address, tasks):
                         for p in range(length):
                             rows[k * pitch + p] = gy[at + k * length + p]
                     b, b_at, b_pitch = rows, 0, pitch
-                target, t_at, t_pitch = panel, 0, pitch
+                target, t_at, t_pitch = cells, 0, pitch
                 for k in range(c_in * pitch):
-                    panel[k] = 0
+                    cells[k] = 0
             _product(a, a_at, a_row, a_inner, m, inner, b, b_at, b_pitch,
-                     c_pitch if kind == _WEIGHT_GRAD else pitch, target, t_at, t_pitch)
+                     c_pitch if kind == _WEIGHT_GRAD else pitch, target, t_at, t_pitch, repeat,
+                     a_step)
             if kind == _INPUT_GRAD:
-                _scatter(panel, pitch, sample, c_in, h, wd, sh, sw, oh, ow, out)
+                _scatter(cells, pitch, sample, c_in, h, wd, sh, sw, oh, ow, out)
             elif kind == _FORWARD and padded:
                 for k in range(k_out):
                     for p in range(length):
