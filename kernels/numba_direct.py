@@ -98,7 +98,7 @@ def _stack_array(typingctx, size, dtype):
 # --------------------------------------------------------------------------------------------
 # Planes onto the flat padded grid
 # --------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _paired_phase_planes(src, target, base, step, h, w, top, left, sh, rows, cols, phases):
     """Write one h x w plane ``src`` as its phase planes into a ``zeroed`` target, for a column
     stride of 2 when each phase (alpha, 0) is followed by (alpha, 1) (see :class:`_Grid`):
