@@ -21,10 +21,10 @@ in its core's cache:
 * the forward gathers :math:`\hat x_n` (C, L) and multiplies :math:`W \hat x_n` straight into
   y, whose rows start from the bias;
 * the input gradient multiplies :math:`W^\top \bar y_n`, reading :math:`\bar y` where it lies,
-  and writes x̄'s rows once each, front to back: (value, 0) pairs on the rows that outputs read,
-  zeros on the others;
-* the weight gradient gathers :math:`\hat x_n^\top` (L, C) and adds :math:`\bar y_n
-  \hat x_n^\top` into its group's share; the shares are added up at the end.
+  then zeroes each of x̄'s planes whole and writes its cells (the plane still in L1);
+* the weight gradient gathers :math:`\hat x_n^\top` (L, C) for each sample of its group and
+  adds :math:`\sum_n \bar y_n \hat x_n^\top` into the group's share in one product (the sum
+  over the group in registers); the shares are added up at the end.
 
 All three are one register-blocked product (:func:`_product`: 6 rows x 16 columns of partial
 sums in twelve AVX2 registers, the layout of :mod:`numba_direct`'s loops); maps or channel
