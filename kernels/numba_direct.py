@@ -1,7 +1,9 @@
 r"""Direct 2-D convolution in Numba: no im2col, no BLAS, register-blocked loops.
 
-For ungrouped float32 convolutions (any stride, padding and dilation; see :func:`applies`)
-:mod:`refnas.kernels.numba_conv` hands its three kernels to the loops here. They compute the
+For ungrouped float32 convolutions (any padding and dilation; stride 1, or for the forward
+and weight gradient a column stride of 2 whose phases pair, and any stride for the input
+gradient; see :func:`applies`) :mod:`refnas.kernels.numba_conv` hands its three kernels to the
+loops here. They compute the
 same sums as the reference,
 
 .. math::
@@ -485,7 +487,9 @@ class _Grid:
     (i + \lfloor p d_h / s_h \rfloor, j + \lfloor q d_w / s_w \rfloor) of phase
     (p d_h mod s_h, q d_w mod s_w): a stride-1 read. So each tap is one fixed offset from the
     output position, ``offsets[tap]``, and the same loops serve every stride; only the phases
-    some tap reads are stored. (With stride 1 there is one phase, the padded plane.)
+    some tap reads are stored. (With stride 1 there is one phase, the padded plane.) The
+    planes are written by column pairs (:func:`_paired_phase_planes`), so a strided grid must
+    have a column stride of 2 and its phases in pairs (:func:`_pairs_phases`).
 
     **Layouts.** Either one plane per (sample, channel), or, with ``interleave``, one plane per
     channel holding all N samples interleaved: value (row, col, n) at (row * cols + col) * N + n.

@@ -218,6 +218,8 @@ _JOB = job(_task, vectorise=True)
 
 
 def _dims(x_shape, k_out, stride, group=1):
+    """The job's ten integers, padded with zeros to the 17 of the direct loops' argument
+    block."""
     n, c_in, h, w = x_shape
     return (n, c_in, k_out, h, w, stride[0], stride[1], (h - 1) // stride[0] + 1,
             (w - 1) // stride[1] + 1, group, 0, 0, 0, 0, 0, 0, 0)
