@@ -93,25 +93,28 @@ def _scatter(cells, pitch, n, channels, h, w, sh, sw, oh, ow, gx):
 # The product
 # --------------------------------------------------------------------------------------------
 @njit(cache=True, fastmath={"contract"})
-def _product(a, a_at, a_row, a_inner, rows, inner, b, b_at, b_pitch, width, out, o_at,
+def _product(a, a_at, a_row, a_inner, rows, inner, b, b_at, b_pitch, width, start, out, o_at,
              o_pitch, repeat, a_step):
-    r"""out[m, j] += \sum_s \sum_r A_s[m, r] b[s*inner + r, j] for m < rows, r < inner,
-    s < repeat, j < width (a multiple of COLS), where A_s[m, r] = a[a_at + s*a_step + m*a_row
-    + r*a_inner], and b's and out's rows start at b_at and o_at, b_pitch and o_pitch apart.
-    (``repeat`` > 1: the weight gradient's sum over a group of samples, in registers.)
+    r"""out[m, j] = start[m] + \sum_s \sum_r A_s[m, r] b[s*inner + r, j] for m < rows,
+    r < inner, s < repeat, j < width (a multiple of COLS), where A_s[m, r] = a[a_at + s*a_step
+    + m*a_row + r*a_inner], ``start`` is the bias (or empty: zero), and b's and out's rows
+    start at b_at and o_at, b_pitch and o_pitch apart. (``repeat`` > 1: the weight gradient's
+    sum over a group of samples, in registers.)
 
     Register blocks of ROWS x COLS sums: per r, two vector loads of b's row and ROWS broadcasts
-    of A feed twelve fused multiply-adds. The blocks of columns are the outer loop, so that all
-    rows sweep one tile of b while it is in cache. A block past the last row takes that row
-    again: it computes the same sums from the same values and stores them to the same place,
-    so every loop has a fixed trip count (which LLVM's SLP vectoriser needs)."""
+    of A feed twelve fused multiply-adds. The sums start from the bias and are stored once, so
+    ``out`` is written and never read (starting from out, set to the bias beforehand, had
+    cost the shortcuts' forward a pass over y). The blocks of columns are the outer loop, so
+    that all rows sweep one tile of b while it is in cache. A block past the last row takes
+    that row again: it computes the same sums from the same values and stores them to the
+    same place, so every loop has a fixed trip count (which LLVM's SLP vectoriser needs)."""
     sums = numba.carray(_stack_array(_SUMS, b.dtype), (_SUMS,))
     for j0 in range(0, width, COLS):
         for m0 in range(0, rows, ROWS):
             for mm in range(ROWS):
-                row = u64(o_at + min(m0 + mm, rows - 1) * o_pitch + j0)
+                shift = start[min(m0 + mm, rows - 1)] if start.size else 0
                 for t in range(COLS):
-                    sums[mm * COLS + t] = out[row + u64(t)]
+                    sums[mm * COLS + t] = shift
             for s in range(repeat):
                 for r in range(inner):
                     line = u64(b_at + (s * inner + r) * b_pitch + j0)
@@ -158,13 +161,13 @@ def _task(task, address, tasks):
     # to whole blocks
     first, share = np.int64(task) * group, np.int64(task) * k_out * c_pitch
     count = min(group, n - first)
-    panel = np.zeros(count * length * c_pitch if weight_grad else c_in * pitch, np.float32)
-    cells = np.zeros(c_in * pitch if input_grad else 0, np.float32)
     padded = pitch != length
+    # (zeroed where the gather leaves cells: the padding rows and columns of whole blocks)
+    panel = np.empty(count * length * c_pitch if weight_grad else c_in * pitch, np.float32)
+    if padded or c_pitch != c_in:
+        panel[:] = 0
+    cells = np.empty(c_in * pitch if input_grad else 0, np.float32)
     rows = np.zeros(k_out * pitch if padded else 0, np.float32)
-    if weight_grad:
-        for k in range(k_out * c_pitch):
-            shares[share + k] = 0
     for sample in range(first, first + count):
         at = sample * k_out * length
         for kind in range(3):
@@ -188,10 +191,6 @@ def _task(task, address, tasks):
                 a, a_at, a_row, a_inner, m, inner = w, 0, c_in, 1, k_out, c_in
                 b, b_at, b_pitch = panel, 0, pitch
                 target, t_at, t_pitch = (rows, 0, pitch) if padded else (out, at, length)
-                for k in range(k_out):
-                    shift = bias[k] if bias.size else 0
-                    for p in range(pitch):
-                        target[u64(t_at + k * pitch + p)] = shift
             else:                        # W^T (C, K) times ȳ_n (K, L), from zero
                 a, a_at, a_row, a_inner, m, inner = w, 0, 1, c_in, c_in, k_out
                 b, b_at, b_pitch = gy, at, length
@@ -201,10 +200,9 @@ def _task(task, address, tasks):
                             rows[k * pitch + p] = gy[at + k * length + p]
                     b, b_at, b_pitch = rows, 0, pitch
                 target, t_at, t_pitch = cells, 0, pitch
-                for k in range(c_in * pitch):
-                    cells[k] = 0
             _product(a, a_at, a_row, a_inner, m, inner, b, b_at, b_pitch,
-                     c_pitch if kind == _WEIGHT_GRAD else pitch, target, t_at, t_pitch, repeat,
+                     c_pitch if kind == _WEIGHT_GRAD else pitch,
+                     bias if kind == _FORWARD else bias[:0], target, t_at, t_pitch, repeat,
                      a_step)
             if kind == _INPUT_GRAD:
                 _scatter(cells, pitch, sample, c_in, h, wd, sh, sw, oh, ow, out)
