@@ -48,10 +48,13 @@ assert _SUMS == ROWS * COLS
 
 
 def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype) -> bool:
-    """Whether this convolution runs here: float32, ungrouped, 1x1, strided, unpadded."""
+    """Whether this convolution runs here: float32, ungrouped, 1x1, strided, unpadded, and at
+    least ROWS channels on either side (the rows of the products' register blocks: the
+    forward's and weight gradient's are output channels, the input gradient's input
+    channels; see :func:`_product`)."""
     return (np.dtype(dtype) == np.float32 and groups == 1 and tuple(w_shape[2:]) == (1, 1)
             and tuple(stride) != (1, 1) and tuple(padding) == (0, 0)
-            and min(x_shape) > 0 and w_shape[0] > 0)
+            and min(x_shape) > 0 and min(x_shape[1], w_shape[0]) >= ROWS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,36 +98,41 @@ def _scatter(cells, pitch, n, channels, h, w, sh, sw, oh, ow, gx):
 @njit(cache=True, fastmath={"contract"})
 def _product(a, a_at, a_row, a_inner, rows, inner, b, b_at, b_pitch, width, start, out, o_at,
              o_pitch, repeat, a_step):
-    r"""out[m, j] = start[m] + \sum_s \sum_r A_s[m, r] b[s*inner + r, j] for m < rows,
-    r < inner, s < repeat, j < width (a multiple of COLS), where A_s[m, r] = a[a_at + s*a_step
-    + m*a_row + r*a_inner], ``start`` is the bias (or empty: zero), and b's and out's rows
-    start at b_at and o_at, b_pitch and o_pitch apart. (``repeat`` > 1: the weight gradient's
-    sum over a group of samples, in registers.)
+    r"""out[m, j] = start[m] + \sum_s \sum_r A_s[m, r] b[s*inner + r, j] for m < rows
+    (at least ROWS), r < inner, s < repeat, j < width (a multiple of COLS), where
+    A_s[m, r] = a[a_at + s*a_step + m*a_row + r*a_inner], ``start`` is the bias (or empty:
+    zero), and b's and out's rows start at b_at and o_at, b_pitch and o_pitch apart.
+    (``repeat`` > 1: the weight gradient's sum over a group of samples, in registers.)
 
     Register blocks of ROWS x COLS sums: per r, two vector loads of b's row and ROWS broadcasts
     of A feed twelve fused multiply-adds. The sums start from the bias and are stored once, so
     ``out`` is written and never read (starting from out, set to the bias beforehand, had
     cost the shortcuts' forward a pass over y). The blocks of columns are the outer loop, so
-    that all rows sweep one tile of b while it is in cache. A block past the last row takes
-    that row again: it computes the same sums from the same values and stores them to the
-    same place, so every loop has a fixed trip count (which LLVM's SLP vectoriser needs)."""
+    that all rows sweep one tile of b while it is in cache. When the rows are not whole blocks,
+    the last block starts ROWS rows before the end, overlapping the one before it: it
+    computes some sums again from the same values and stores them to the same place. So every
+    loop has a fixed trip count (which LLVM's SLP vectoriser needs), and a block's rows of A
+    are ROWS consecutive rows, one pointer apart (rows clamped one by one to the last had kept
+    six pointers in registers, and spilled some: the shortcuts' passes 1-9% slower)."""
     sums = numba.carray(_stack_array(_SUMS, b.dtype), (_SUMS,))
     for j0 in range(0, width, COLS):
-        for m0 in range(0, rows, ROWS):
+        for m1 in range(0, rows, ROWS):
+            m0 = min(m1, rows - ROWS)
             for mm in range(ROWS):
-                shift = start[min(m0 + mm, rows - 1)] if start.size else 0
+                shift = start[m0 + mm] if start.size else 0
                 for t in range(COLS):
                     sums[mm * COLS + t] = shift
             for s in range(repeat):
+                a_first = u64(a_at + s * a_step + m0 * a_row)
                 for r in range(inner):
                     line = u64(b_at + (s * inner + r) * b_pitch + j0)
+                    at = a_first + u64(r * a_inner)
                     for mm in range(ROWS):
-                        weight = a[u64(a_at + s * a_step + min(m0 + mm, rows - 1) * a_row
-                                       + r * a_inner)]
+                        weight = a[at + u64(mm * a_row)]
                         for t in range(COLS):
                             sums[mm * COLS + t] += weight * b[line + u64(t)]
             for mm in range(ROWS):
-                row = u64(o_at + min(m0 + mm, rows - 1) * o_pitch + j0)
+                row = u64(o_at + (m0 + mm) * o_pitch + j0)
                 for t in range(COLS):
                     out[row + u64(t)] = sums[mm * COLS + t]
 

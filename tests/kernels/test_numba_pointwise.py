@@ -47,15 +47,16 @@ def _check(x, w, bias, gy, stride):
 
 @given(data=st.data())
 def test_strided_pointwise_convolutions_equal_the_reference(data):
-    """Channel counts on both sides of the register block (6 rows x 16 columns: partial blocks
-    of rows, and columns past the last whole block through the zero-padded tail), strides up
+    """Channel counts on both sides of the register block (6 rows x 16 columns: a last block
+    of rows that overlaps the one before, and columns past the last whole block through the
+    zero-padded tail), strides up
     to 3 on either axis (2 has a path of its own), odd maps whose last row or column no output
     reads, with and without bias, in every memory layout; sample groups of one and more."""
     stride = data.draw(st.tuples(st.integers(1, 3), st.integers(1, 3)).filter(
         lambda s: s != (1, 1)), label="stride")
     n = data.draw(st.sampled_from([1, 2, 3, 9]), label="n")
-    c, k = (data.draw(st.one_of(st.integers(1, 7), st.integers(15, 18), st.integers(30, 34)),
-                      label=name) for name in ("c", "k"))
+    c, k = (data.draw(st.one_of(st.integers(6, 8), st.integers(11, 13), st.integers(15, 18),
+                                st.integers(30, 34)), label=name) for name in ("c", "k"))
     hw = (data.draw(st.integers(1, 13), label="h"), data.draw(st.integers(1, 13), label="w"))
     out_hw = tuple((size - 1) // s + 1 for size, s in zip(hw, stride))
     assert _pointwise().applies((n, c, *hw), (k, c, 1, 1), stride, (0, 0), (1, 1), 1,
@@ -83,8 +84,9 @@ def test_resnet18_shortcuts_equal_the_reference(x_shape, w_shape):
 
 
 def test_the_numba_kernels_hand_over_exactly_the_strided_pointwise_convolutions():
-    """Float32, ungrouped, 1x1, unpadded and strided: the fused products; a stride-1 or padded
-    1x1 convolution, a 3x3 one, float64 and grouped ones go elsewhere. The forward keeps no
+    """Float32, ungrouped, 1x1, unpadded and strided, with at least a block of rows (6) of
+    channels on either side: the fused products; a stride-1 or padded 1x1 convolution, a 3x3
+    one, float64, grouped ones and ones with fewer channels go elsewhere. The forward keeps no
     columns for them (the backward gathers x̂ itself)."""
     pointwise = _pointwise()
     calls = []
@@ -110,6 +112,10 @@ def test_the_numba_kernels_hand_over_exactly_the_strided_pointwise_convolutions(
         assert run((2, 8, 16, 16), (8, 8, 1, 1), **other)[0] == []
     assert run((2, 8, 16, 16), (8, 8, 3, 3))[0] == []
     assert run((2, 8, 16, 16), (8, 4, 1, 1), groups=2)[0] == []
+    # fewer channels than a block of rows, on either side
+    assert run((2, 5, 16, 16), (8, 5, 1, 1))[0] == []
+    assert run((2, 8, 16, 16), (5, 8, 1, 1))[0] == []
+    assert run((2, 6, 16, 16), (6, 6, 1, 1))[0] == ["forward"] + ["backward"] * 3
 
 
 def test_the_pointwise_loops_compile_to_vector_code(tmp_path):
