@@ -285,13 +285,15 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None, keep_colu
 
     With ``keep_columns``, returns (y, columns): the wide column matrix (K, N*L) of the whole
     batch when it was packed in one chunk (small maps), or, from the direct loops, x's
-    interleaved planes (:class:`numba_direct.PaddedInput`), which :func:`conv2d_weight_grad`
-    can take instead of packing x again; else None.
+    interleaved planes (:class:`numba_direct.PaddedInput`), or, from the strided 1x1 loops,
+    the subsampled input transposed (:class:`numba_pointwise.KeptColumns`), which
+    :func:`conv2d_weight_grad` and :func:`conv2d_backward` can take instead of packing x
+    again; else None.
     """
     x, w = contiguous(x), contiguous(w)
     if pointwise.applies(x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
-        y = pointwise.forward(x, w, None if bias is None else contiguous(bias), stride)
-        return (y, None) if keep_columns else y
+        return pointwise.forward(x, w, None if bias is None else contiguous(bias), stride,
+                                 keep=keep_columns)
     if direct.applies("forward", x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
         return direct.forward(x, w, None if bias is None else contiguous(bias), padding,
                               dilation, stride, keep=keep_columns)
@@ -334,7 +336,8 @@ def conv2d_weight_grad(x, gy, weight_shape, stride, padding, dilation, groups, c
     whole batch's wide column matrix kept by :func:`conv2d_forward`, saves packing x again."""
     x, gy = contiguous(x), contiguous(gy)
     if pointwise.applies(x.shape, weight_shape, stride, padding, dilation, groups, x.dtype):
-        return pointwise.backward(gy, x.shape, tuple(weight_shape), stride, x=x)[1]
+        return pointwise.backward(gy, x.shape, tuple(weight_shape), stride, x=x,
+                                  kept=columns)[1]
     if direct.applies("weight_grad", x.shape, weight_shape, stride, padding, dilation, groups,
                       x.dtype):
         return direct.weight_grad(x, gy, weight_shape, padding, dilation, stride,
@@ -397,7 +400,7 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, columns=None):
     after the other."""
     gy, x, w = contiguous(gy), contiguous(x), contiguous(w)
     if pointwise.applies(x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
-        return pointwise.backward(gy, x.shape, w.shape, stride, x=x, w=w)
+        return pointwise.backward(gy, x.shape, w.shape, stride, x=x, w=w, kept=columns)
     if tuple(stride) == (1, 1) and all(
             direct.applies(kind, x.shape, w.shape, stride, padding, dilation, groups, x.dtype)
             for kind in ("input_grad", "weight_grad")):

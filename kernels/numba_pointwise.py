@@ -19,23 +19,29 @@ does everything for one sample (forward) or a group of samples (backward) while 
 in its core's cache:
 
 * the forward gathers :math:`\hat x_n` (C, L) and multiplies :math:`W \hat x_n` straight into
-  y, whose rows start from the bias;
+  y, the sums starting from the bias; in a training step it also keeps
+  :math:`\hat x_n^\top` (L, C) for the weight gradient (:class:`KeptColumns`), transposed
+  by 8 x 8 tiles in registers while :math:`\hat x_n` is in L1;
 * the input gradient multiplies :math:`W^\top \bar y_n`, reading :math:`\bar y` where it lies,
   then zeroes each of x̄'s planes whole and writes its cells (the plane still in L1);
-* the weight gradient gathers :math:`\hat x_n^\top` (L, C) for each sample of its group and
-  adds :math:`\sum_n \bar y_n \hat x_n^\top` into the group's share in one product (the sum
-  over the group in registers); the shares are added up at the end.
+* the weight gradient adds :math:`\sum_n \bar y_n \hat x_n^\top` over a group of samples
+  into the group's share in one product (the sum over the group in registers), from the
+  kept :math:`\hat x^\top` or, without it, gathering and transposing each sample's; the
+  shares are added up at the end.
 
 All three are one register-blocked product (:func:`_product`: 6 rows x 16 columns of partial
 sums in twelve AVX2 registers, the layout of :mod:`numba_direct`'s loops); maps or channel
-counts that are not whole blocks of 16 go through rows padded with zeros.
+counts that are not whole blocks of 16 go through rows padded with zeros. It needs at least 6
+rows (channels), so :func:`applies` leaves narrower convolutions to the other loops.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
 from numba import uint64 as u64
+from numba.extending import intrinsic
 
 from refnas.kernels.numba_direct import _EMPTY, _EMPTY_INTS as _NO_INTS, _arguments, _launch, \
     _stack_array
@@ -60,21 +66,73 @@ def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype) -> bool:
 # --------------------------------------------------------------------------------------------
 # Cells in and out
 # --------------------------------------------------------------------------------------------
+def _shuffle(builder, a, b, lanes):
+    """The lanes ``lanes`` of a and b side by side (0-7: a's, 8-15: b's)."""
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8), lanes))
+
+
+@intrinsic
+def _transpose_8x8(typingctx, src, src_at, src_pitch, dst, dst_at, dst_pitch):
+    """dst[dst_at + j*dst_pitch + i] = src[src_at + i*src_pitch + j] for i, j < 8: eight
+    vector loads, the usual 24 AVX shuffles (unpack, shuffle, swap halves), eight vector
+    stores. (A loop of scalar copies transposed x̂ at about a cycle per value, which cost the
+    first shortcut's forward as much as keeping x̂^T saved its weight gradient.)"""
+    def codegen(context, builder, signature, args):
+        f32x8 = ir.VectorType(ir.FloatType(), 8)
+        source = context.make_array(signature.args[0])(context, builder, args[0]).data
+        target = context.make_array(signature.args[3])(context, builder, args[3]).data
+
+        def address(data, at, pitch, i):
+            offset = builder.add(at, builder.mul(pitch, ir.Constant(pitch.type, i)))
+            return builder.bitcast(builder.gep(data, [offset]), f32x8.as_pointer())
+
+        r = [builder.load(address(source, args[1], args[2], i), align=4) for i in range(8)]
+        t = [_shuffle(builder, r[i], r[i + 1], lanes) for i in range(0, 8, 2)
+             for lanes in ([0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15])]
+        u = [_shuffle(builder, t[i + h], t[i + h + 2], lanes) for i in (0, 4) for h in (0, 1)
+             for lanes in ([0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15])]
+        for j in range(8):
+            half = [0, 1, 2, 3, 8, 9, 10, 11] if j < 4 else [4, 5, 6, 7, 12, 13, 14, 15]
+            column = _shuffle(builder, u[j % 4], u[j % 4 + 4], half)
+            builder.store(column, address(target, args[4], args[5], j), align=4)
+        return context.get_dummy_value()
+
+    return types.void(src, src_at, src_pitch, dst, dst_at, dst_pitch), codegen
+
+
 @njit(inline="always")
-def _gather(x, n, channels, h, w, sh, sw, oh, ow, panel, base, pitch, transposed):
-    """x̂ of sample n: panel[base + (c, l)] = x[n, c, i*sh, j*sw] (l = i*OW + j; rows
-    ``pitch`` apart), or ``transposed``, panel[base + (l, c)]; nothing else is written."""
-    c_step, l_step = (1, pitch) if transposed else (pitch, 1)
+def _gather(x, n, channels, h, w, sh, sw, oh, ow, panel, pitch):
+    """x̂ of sample n: panel[(c, l)] = x[n, c, i*sh, j*sw] (l = i*OW + j; rows ``pitch``
+    apart); nothing else is written."""
     for c in range(channels):
         plane = u64((n * channels + c) * h * w)
         for i in range(oh):
-            src, out = plane + u64(i * sh * w), u64(base + c * c_step + i * ow * l_step)
-            if not transposed and sw == 2:        # (a literal stride: vector loads + shuffles)
+            src, out = plane + u64(i * sh * w), u64(c * pitch + i * ow)
+            if sw == 2:                           # (a literal stride: vector loads + shuffles)
                 for j in range(ow):
                     panel[out + u64(j)] = x[src + u64(2 * j)]
             else:
                 for j in range(ow):
-                    panel[out + u64(j * l_step)] = x[src + u64(j * sw)]
+                    panel[out + u64(j)] = x[src + u64(j * sw)]
+
+
+@njit(inline="always")
+def _transpose(panel, pitch, length, channels, c_pitch, into, at):
+    """x̂_n^T: into[at + (l, c)] = panel[(c, l)] for l < length (rows ``c_pitch`` apart), and
+    zero for channels from ``channels`` to ``c_pitch``; by 8 x 8 tiles where they fit.
+    (Gathering x̂^T straight from x, with scalar stores a row apart, had cost the first
+    shortcut's weight gradient 40% of its time.)"""
+    whole_l, whole_c = length // 8 * 8, channels // 8 * 8
+    for l in range(0, whole_l, 8):
+        for c in range(0, whole_c, 8):
+            _transpose_8x8(panel, u64(c * pitch + l), u64(pitch), into,
+                           u64(at + l * c_pitch + c), u64(c_pitch))
+    for l in range(length):                  # what is left, and zeros up to whole blocks
+        row = u64(at + l * c_pitch)
+        for c in range(whole_c if l < whole_l else 0, channels):
+            into[row + u64(c)] = panel[u64(c * pitch + l)]
+        for c in range(channels, c_pitch):
+            into[row + u64(c)] = 0
 
 
 @njit(inline="always")
@@ -143,14 +201,18 @@ TASKS_PER_THREAD = 2
 # --------------------------------------------------------------------------------------------
 # The job
 # --------------------------------------------------------------------------------------------
-_FORWARD, _INPUT_GRAD, _WEIGHT_GRAD = 0, 1, 2
+_FORWARD, _INPUT_GRAD, _WEIGHT_GRAD = 0, 1, 2       # the products
+# what a launch asks for (dims[10]): the forward, keeping x̂^T or not; the backward, gathering
+# x̂^T from x or given it (:class:`KeptColumns`)
+_FORWARD_ONLY, _FORWARD_KEEPING, _BACKWARD, _BACKWARD_GIVEN_COLUMNS = 0, 1, 2, 3
 
 
 def _task(task, address, tasks):
     """The samples of task ``task`` (one, or a group of them for a weight gradient), and for
-    each, the products asked for: the forward y_n = W x̂_n + b (when no gy is given), else
+    each, the products asked for: the forward y_n = W x̂_n + b (and, keeping, x̂_n^T), else
     the cells of x̄ = W^T ȳ_n (when gx is given) and the group's share of w̄ = sum of
-    ȳ_n x̂_n^T (when shares are given: rows of whole blocks of COLS channels).
+    ȳ_n x̂_n^T (when shares are given: rows of whole blocks of COLS channels), from x̂_n^T
+    gathered here or kept by the forward.
 
     One call site each of the gather, the product and the scatter: every call site of an
     inlined function is compiled anew, and the cold compile of all kernels is held under
@@ -158,22 +220,27 @@ def _task(task, address, tasks):
     # the direct loops' argument block: the forward's bias and the backward's shares share a
     # slot; gx is the forward's y
     x, w, bias, gy, out, _, _, dims = _arguments(address)
-    n, c_in, k_out, h, wd, sh, sw, oh, ow, group = dims[:10]
+    n, c_in, k_out, h, wd, sh, sw, oh, ow, group, mode = dims[:11]
     length = oh * ow
     pitch, c_pitch = -(-length // COLS) * COLS, -(-c_in // COLS) * COLS     # whole blocks
-    forward = gy.size == 0
+    forward = mode == _FORWARD_ONLY or mode == _FORWARD_KEEPING
+    # the forward keeping x̂^T writes it into the gy slot; a backward given it reads it from
+    # the x slot (see :class:`KeptColumns`)
+    keeping, kept = mode == _FORWARD_KEEPING, mode == _BACKWARD_GIVEN_COLUMNS
     shares, weight_grad, input_grad = bias, not forward and bias.size > 0, \
         not forward and out.size > 0
-    # scratch: x̂_n, or the group's x̂_n^T one after the other (for w̄); the input gradient's
-    # cells; and, for maps that are not whole blocks of COLS positions, y's or ȳ's rows padded
-    # to whole blocks
+    # scratch: x̂_n; the group's x̂_n^T one after the other (for w̄, unless kept); the input
+    # gradient's cells; and, for maps that are not whole blocks of COLS positions, y's or
+    # ȳ's rows padded to whole blocks
     first, share = np.int64(task) * group, np.int64(task) * k_out * c_pitch
     count = min(group, n - first)
     padded = pitch != length
-    # (zeroed where the gather leaves cells: the padding rows and columns of whole blocks)
-    panel = np.empty(count * length * c_pitch if weight_grad else c_in * pitch, np.float32)
-    if padded or c_pitch != c_in:
+    gathering = forward or weight_grad and not kept
+    panel = np.empty(c_in * pitch if gathering else 0, np.float32)
+    if padded:                  # (the gather leaves the columns past the map's last)
         panel[:] = 0
+    columns = np.empty(count * length * c_pitch if weight_grad and not kept else 0,
+                       np.float32)
     cells = np.empty(c_in * pitch if input_grad else 0, np.float32)
     rows = np.zeros(k_out * pitch if padded else 0, np.float32)
     for sample in range(first, first + count):
@@ -181,10 +248,12 @@ def _task(task, address, tasks):
         for kind in range(3):
             if not (forward, input_grad, weight_grad)[kind]:
                 continue
-            if kind != _INPUT_GRAD:       # x̂_n, (C, L), or its transpose after the group's
-                _gather(x, sample, c_in, h, wd, sh, sw, oh, ow, panel,
-                        (sample - first) * length * c_pitch if kind == _WEIGHT_GRAD else 0,
-                        pitch if kind == _FORWARD else c_pitch, kind == _WEIGHT_GRAD)
+            if kind != _INPUT_GRAD and gathering:
+                _gather(x, sample, c_in, h, wd, sh, sw, oh, ow, panel, pitch)    # x̂_n
+                if kind == _WEIGHT_GRAD or keeping:                        # and x̂_n^T
+                    into, into_at = (gy, sample * length * c_pitch) if keeping else \
+                        (columns, (sample - first) * length * c_pitch)
+                    _transpose(panel, pitch, length, c_in, c_pitch, into, into_at)
             repeat, a_step = 1, 0
             if kind == _WEIGHT_GRAD:
                 if sample < first + count - 1:
@@ -193,7 +262,8 @@ def _task(task, address, tasks):
                 a, a_at, a_row, a_inner, m, inner = gy, first * k_out * length, length, 1, \
                     k_out, length
                 repeat, a_step = count, k_out * length
-                b, b_at, b_pitch = panel, 0, c_pitch
+                b, b_at, b_pitch = (x, first * length * c_pitch, c_pitch) if kept else \
+                    (columns, 0, c_pitch)
                 target, t_at, t_pitch = shares, share, c_pitch
             elif kind == _FORWARD:       # W (K, C) times x̂_n (C, L), from the bias
                 a, a_at, a_row, a_inner, m, inner = w, 0, c_in, 1, k_out, c_in
@@ -223,12 +293,24 @@ def _task(task, address, tasks):
 _JOB = job(_task, vectorise=True)
 
 
-def _dims(x_shape, k_out, stride, group=1):
-    """The job's ten integers, padded with zeros to the 17 of the direct loops' argument
+class KeptColumns:
+    """x̂^T of every sample, (N, L, C rounded up to whole blocks of COLS), written by a forward
+    that keeps it for the weight gradient: the forward has x̂_n in L1 when it transposes it,
+    where the backward would gather it from x again (the weight gradients of ResNet-18's
+    shortcuts took 0.069 instead of 0.116 ms without that gather). ``key`` is the
+    (x shape, stride) it belongs to; a backward of another convolution ignores it."""
+    __slots__ = ("key", "columns")
+
+    def __init__(self, key, columns):
+        self.key, self.columns = key, columns
+
+
+def _dims(x_shape, k_out, stride, group=1, mode=_FORWARD_ONLY):
+    """The job's eleven integers, padded with zeros to the 17 of the direct loops' argument
     block."""
     n, c_in, h, w = x_shape
     return (n, c_in, k_out, h, w, stride[0], stride[1], (h - 1) // stride[0] + 1,
-            (w - 1) // stride[1] + 1, group, 0, 0, 0, 0, 0, 0, 0)
+            (w - 1) // stride[1] + 1, group, mode, 0, 0, 0, 0, 0, 0)
 
 
 def _run(x, w, bias_or_shares, gy, out, dims, tasks):
@@ -237,32 +319,46 @@ def _run(x, w, bias_or_shares, gy, out, dims, tasks):
             tasks)
 
 
-def forward(x, w, bias, stride):
+def _key(x_shape, stride):
+    return tuple(int(v) for v in x_shape), (int(stride[0]), int(stride[1]))
+
+
+def forward(x, w, bias, stride, keep=False):
     """y (N, K, OH, OW) of the 1x1 convolution of x (N, C, H, W) by w (K, C, 1, 1), stride
-    ``stride``, no padding (C-contiguous float32 arrays), a task per sample."""
-    dims = _dims(x.shape, w.shape[0], stride)
-    y = np.empty((x.shape[0], w.shape[0], dims[7], dims[8]), np.float32)
-    _run(x.reshape(-1), w.reshape(-1), _EMPTY if bias is None else bias.reshape(-1), _EMPTY,
-         y.reshape(-1), dims, x.shape[0])
-    return y
+    ``stride``, no padding (C-contiguous float32 arrays), a task per sample. With ``keep``,
+    (y, :class:`KeptColumns` for :func:`backward`)."""
+    dims = _dims(x.shape, w.shape[0], stride, mode=_FORWARD_KEEPING if keep else _FORWARD_ONLY)
+    n, c_in, oh, ow = x.shape[0], x.shape[1], dims[7], dims[8]
+    y = np.empty((n, w.shape[0], oh, ow), np.float32)
+    columns = np.empty((n, oh * ow, -(-c_in // COLS) * COLS), np.float32) if keep else None
+    _run(x.reshape(-1), w.reshape(-1), _EMPTY if bias is None else bias.reshape(-1),
+         _EMPTY if columns is None else columns.reshape(-1), y.reshape(-1), dims, n)
+    return (y, KeptColumns(_key(x.shape, stride), columns)) if keep else y
 
 
-def backward(gy, x_shape, w_shape, stride, x=None, w=None):
+def backward(gy, x_shape, w_shape, stride, x=None, w=None, kept=None):
     """(gx, gw) of that convolution in one pass over the samples: gx when w is given (else
-    None), gw when x is given (else None). Each task takes a group of samples (two tasks per
-    thread when it adds up a share of gw, else one sample)."""
+    None), gw when x or ``kept`` (:class:`KeptColumns` of this convolution's forward) is
+    given (else None). Each task takes a group of samples (two tasks per thread when it adds
+    up a share of gw, else one sample)."""
     n, (k_out, c_in) = x_shape[0], w_shape[:2]
-    group = max(1, n // (TASKS_PER_THREAD * numba.get_num_threads())) if x is not None else 1
+    if not (isinstance(kept, KeptColumns) and kept.key == _key(x_shape, stride)):
+        kept = None
+    source = x if kept is None else kept.columns
+    group = max(1, n // (TASKS_PER_THREAD * numba.get_num_threads())) if source is not None \
+        else 1
     tasks = -(-n // group)
-    dims = _dims(x_shape, k_out, stride, group)
+    dims = _dims(x_shape, k_out, stride, group,
+                 _BACKWARD if kept is None else _BACKWARD_GIVEN_COLUMNS)
     gx = None if w is None else np.empty(x_shape, np.float32)
-    shares = None if x is None else np.empty((tasks, k_out, -(-c_in // COLS) * COLS),
-                                             np.float32)
-    _run(_EMPTY if x is None else x.reshape(-1), _EMPTY if w is None else w.reshape(-1),
+    shares = None if source is None else np.empty((tasks, k_out, -(-c_in // COLS) * COLS),
+                                                  np.float32)
+    _run(_EMPTY if source is None else source.reshape(-1),
+         _EMPTY if w is None else w.reshape(-1),
          _EMPTY if shares is None else shares.reshape(-1), gy.reshape(-1),
          _EMPTY if gx is None else gx.reshape(-1), dims, tasks)
     gw = None if shares is None else shares.sum(axis=0)[:, :c_in].reshape(w_shape)
     return gx, gw
 
 
-__all__ = ["applies", "forward", "backward"]
+__all__ = ["applies", "forward", "backward", "KeptColumns"]

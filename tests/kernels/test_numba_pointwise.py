@@ -41,7 +41,15 @@ def _check(x, w, bias, gy, stride):
     bound_gw = weight_reference(magnitudes[0], magnitudes[2], w.shape, *geometry)
     assert_close(input_grad(gy, w, x.shape, *geometry), want_gx, bound=bound_gx)
     assert_close(weight_grad(x, gy, w.shape, *geometry), want_gw, bound=bound_gw)
-    assert_close(kernel("conv2d_backward", "numba")(gy, x, w, *geometry), (want_gx, want_gw),
+    backward = kernel("conv2d_backward", "numba")
+    assert_close(backward(gy, x, w, *geometry), (want_gx, want_gw), bound=(bound_gx, bound_gw))
+    # as a training step runs them: the forward keeps x̂^T, both backward kernels take it
+    y, kept = forward(x, w, *geometry, keep_columns=True, **bias_kwargs)
+    assert isinstance(kept, _pointwise().KeptColumns)
+    assert_close(y, forward_reference(x, w, *geometry, **bias_kwargs),
+                 bound=forward_reference(*magnitudes[:2], *geometry, **bound_kwargs))
+    assert_close(weight_grad(x, gy, w.shape, *geometry, columns=kept), want_gw, bound=bound_gw)
+    assert_close(backward(gy, x, w, *geometry, columns=kept), (want_gx, want_gw),
                  bound=(bound_gx, bound_gw))
 
 
@@ -83,11 +91,31 @@ def test_resnet18_shortcuts_equal_the_reference(x_shape, w_shape):
     _check(x, w, bias, gy, (2, 2))
 
 
+def test_columns_kept_for_another_convolution_are_ignored():
+    """x̂^T kept by the forward of another input shape or stride is not read (it would give
+    a wrong weight gradient, or read past its end): both backward kernels gather x̂ again."""
+    rng = np.random.default_rng(9)
+    forward = kernel("conv2d_forward", "numba")
+    w = rng.standard_normal((8, 8, 1, 1)).astype(np.float32)
+    _, foreign = forward(rng.standard_normal((2, 8, 8, 8)).astype(np.float32), w, (2, 2),
+                         (0, 0), (1, 1), 1, keep_columns=True)
+    for x_shape, stride in (((2, 8, 16, 16), (2, 2)), ((2, 8, 8, 8), (2, 1))):
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        geometry = (stride, (0, 0), (1, 1), 1)
+        gy = rng.standard_normal(forward(x, w, *geometry).shape).astype(np.float32)
+        want = kernel("conv2d_weight_grad", "numpy")(x, gy, w.shape, *geometry)
+        bound = kernel("conv2d_weight_grad", "numpy")(np.abs(x), np.abs(gy), w.shape, *geometry)
+        assert_close(kernel("conv2d_weight_grad", "numba")(x, gy, w.shape, *geometry,
+                                                             columns=foreign), want, bound=bound)
+        assert_close(kernel("conv2d_backward", "numba")(gy, x, w, *geometry,
+                                                          columns=foreign)[1], want, bound=bound)
+
+
 def test_the_numba_kernels_hand_over_exactly_the_strided_pointwise_convolutions():
     """Float32, ungrouped, 1x1, unpadded and strided, with at least a block of rows (6) of
     channels on either side: the fused products; a stride-1 or padded 1x1 convolution, a 3x3
-    one, float64, grouped ones and ones with fewer channels go elsewhere. The forward keeps no
-    columns for them (the backward gathers x̂ itself)."""
+    one, float64, grouped ones and ones with fewer channels go elsewhere. The forward keeps
+    x̂^T for them (N, L, channels in whole blocks of 16)."""
     pointwise = _pointwise()
     calls = []
     spies = {name: (lambda name, real: lambda *a, **k: calls.append(name) or real(*a, **k))(
@@ -106,7 +134,9 @@ def test_the_numba_kernels_hand_over_exactly_the_strided_pointwise_convolutions(
             kernel("conv2d_backward", "numba")(y, x, w, *geometry, columns=kept)
         return calls.copy(), kept
 
-    assert run((2, 8, 16, 16), (8, 8, 1, 1)) == (["forward"] + ["backward"] * 3, None)
+    calls_made, kept = run((2, 8, 16, 16), (8, 8, 1, 1))
+    assert calls_made == ["forward"] + ["backward"] * 3
+    assert isinstance(kept, pointwise.KeptColumns) and kept.columns.shape == (2, 64, 16)
     assert run((2, 8, 16, 15), (8, 8, 1, 1), stride=(1, 3))[0] == ["forward"] + ["backward"] * 3
     for other in ({"stride": (1, 1)}, {"padding": (1, 1)}, {"dtype": np.float64}):
         assert run((2, 8, 16, 16), (8, 8, 1, 1), **other)[0] == []
