@@ -177,18 +177,23 @@ def markdown(results: dict[str, Any], command: str) -> str:
                      f"{_number(share, '.0%')} |")
     kernels = results.get("kernels")
     if kernels:
-        lines += ["", "| conv2d shape (forward + both gradients, as a training step runs them) | "
-                  "numpy GFLOP/s | "
+        lines += ["", "| conv2d shape (forward + the gradients a training step computes, "
+                  "as it runs them) | numpy GFLOP/s | "
                   "numba GFLOP/s | PyTorch GFLOP/s | numba / matmul | PyTorch / matmul |",
                   "|---|---:|---:|---:|---:|---:|"]
         for name, entry in kernels["conv2d"].items():
-            rates = [(entry.get(who) or {}).get("gflops", {}).get("forward_backward")
-                     for who in ("numpy", "numba", "torch")]
-            fractions = [(entry.get(who) or {}).get("fraction_of_matmul")
-                         for who in ("numba", "torch")]
-            lines.append(f"| {name.removeprefix('conv2d ')} | "
-                         + " | ".join(_number(rate, ".1f") for rate in rates) + " | "
-                         + " | ".join(_number(f, ".0%") for f in fractions) + " |")
+            # a layer reading the network's input: its weight gradient only, then a row with
+            # the input gradient that training skips
+            variants = [("", "")] if entry.get("input_grad_in_training", True) else [
+                ("", " (no input gradient)"), ("_with_input_grad", " with its input gradient")]
+            for suffix, label in variants:
+                rates = [(entry.get(who) or {}).get("gflops", {}).get(
+                    "forward_backward" + suffix) for who in ("numpy", "numba", "torch")]
+                fractions = [(entry.get(who) or {}).get("fraction_of_matmul" + suffix)
+                             for who in ("numba", "torch")]
+                lines.append(f"| {name.removeprefix('conv2d ')}{label} | "
+                             + " | ".join(_number(rate, ".1f") for rate in rates) + " | "
+                             + " | ".join(_number(f, ".0%") for f in fractions) + " |")
         lines += ["", "| memory-bound kernel | numpy GB/s | numba GB/s |", "|---|---:|---:|"]
         for name, entry in kernels["memory"].items():
             lines.append(f"| {name} | {_number(entry['numpy']['gbs'], '.1f')} | "

@@ -24,20 +24,23 @@ from benchmarks.workloads import WORKLOADS, refnas_model
 
 
 def conv_shapes(workload: str) -> list[dict[str, Any]]:
-    """Distinct (input shape, weight shape, stride, padding) of the Conv2d layers of a workload."""
+    """Distinct (input shape, weight shape, stride, padding) of the Conv2d layers of a workload,
+    and whether a training step computes the layer's input gradient (not for a layer that
+    reads the network's input: nothing needs it)."""
     model = refnas_model(workload)
     seen: dict[tuple, dict[str, Any]] = {}
 
     def record(module, inputs, output):
-        key = (tuple(inputs[0].shape), tuple(module.weight.shape), module.stride, module.padding)
+        key = (tuple(inputs[0].shape), tuple(module.weight.shape), module.stride, module.padding,
+               bool(inputs[0].requires_grad))
         seen.setdefault(key, {"x": key[0], "w": key[1], "stride": module.stride,
-                              "padding": module.padding, "count": 0})["count"] += 1
+                              "padding": module.padding, "input_grad": key[4],
+                              "count": 0})["count"] += 1
 
     handles = [m.register_forward_hook(record) for m in model.modules()
                if isinstance(m, nn.Conv2d)]
     x = np.zeros((WORKLOADS[workload].batch, *WORKLOADS[workload].input_shape), np.float32)
-    with refnas.no_grad():
-        model(refnas.tensor(x))
+    model(refnas.tensor(x))         # with a graph: the hooks see which inputs need gradients
     for handle in handles:
         handle.remove()
     return list(seen.values())
@@ -64,16 +67,30 @@ def _conv_case(shape: dict[str, Any], backend: str, rng) -> dict[str, Callable]:
     forward, input_grad, weight_grad, backward = (kernel(k, backend) for k in (
         "conv2d_forward", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_backward"))
 
-    def training():
+    def with_input_grad():
         """Forward and backward as conv2d and its VJP run them in a training step: the forward
-        keeps what the backward can reuse (x's padded planes, or im2col's columns)."""
+        keeps what the backward can reuse (x's padded planes, im2col's columns, or x̂^T)."""
         _, kept = forward(x, w, *geometry, keep_columns=True)
         backward(gy, x, w, *geometry, columns=kept)
 
-    return {"forward": lambda: forward(x, w, *geometry),
-            "input_grad": lambda: input_grad(gy, w, x.shape, *geometry),
-            "weight_grad": lambda: weight_grad(x, gy, w.shape, *geometry),
-            "training": training}
+    def without_input_grad():
+        """The same for a layer whose input needs no gradient: the weight gradient alone."""
+        _, kept = forward(x, w, *geometry, keep_columns=True)
+        weight_grad(x, gy, w.shape, *geometry, columns=kept)
+
+    calls = {"forward": lambda: forward(x, w, *geometry),
+             "input_grad": lambda: input_grad(gy, w, x.shape, *geometry),
+             "weight_grad": lambda: weight_grad(x, gy, w.shape, *geometry),
+             "training": with_input_grad if shape["input_grad"] else without_input_grad}
+    if not shape["input_grad"]:
+        calls["training_with_input_grad"] = with_input_grad
+    return calls
+
+
+def _passes(shape: dict[str, Any]) -> int:
+    """Convolution-sized passes of a training step: forward, weight gradient, and the input
+    gradient where the step needs it."""
+    return 3 if shape["input_grad"] else 2
 
 
 def _conv_name(workload: str, shape: dict[str, Any]) -> str:
@@ -81,9 +98,14 @@ def _conv_name(workload: str, shape: dict[str, Any]) -> str:
             f"s{shape['stride'][0]} p{shape['padding'][0]}")
 
 
+_WITH_INPUT_GRAD = " with the input gradient"
+
+
 def torch_conv_seconds(repeats: int, threads: int) -> dict[str, float] | None:
-    """Median seconds of PyTorch's conv2d forward + backward (input and weight gradients) on the
-    same shapes, or None without torch. Run in a process of its own (see
+    """Median seconds of PyTorch's conv2d forward + backward on the same shapes, or None
+    without torch: the input gradient only where a training step needs it (autograd skips it
+    for an input that does not require a gradient), and for the other layers also with it
+    (under the name + _WITH_INPUT_GRAD). Run in a process of its own (see
     ``python -m benchmarks.kernel_bench``): PyTorch's OpenMP threads and BLAS's spin against
     each other when both live in one process on two cores."""
     try:
@@ -95,18 +117,23 @@ def torch_conv_seconds(repeats: int, threads: int) -> dict[str, float] | None:
     calls: dict[str, Callable] = {}
     for workload in ("cnn-s", "resnet18"):
         for shape in conv_shapes(workload):
-            x = torch.from_numpy(rng.standard_normal(shape["x"]).astype(np.float32))
+            x_data = rng.standard_normal(shape["x"]).astype(np.float32)
             w = torch.from_numpy(rng.standard_normal(shape["w"]).astype(np.float32))
-            x.requires_grad_(True)
             w.requires_grad_(True)
             with torch.no_grad():
                 gy = torch.randn_like(torch.nn.functional.conv2d(
-                    x, w, stride=shape["stride"], padding=shape["padding"]))
+                    torch.from_numpy(x_data), w, stride=shape["stride"],
+                    padding=shape["padding"]))
 
-            def step(x=x, w=w, gy=gy, shape=shape):
+            def step(x, w=w, gy=gy, shape=shape):
                 torch.nn.functional.conv2d(x, w, stride=shape["stride"],
                                            padding=shape["padding"]).backward(gy)
-            calls[_conv_name(workload, shape)] = step
+            name = _conv_name(workload, shape)
+            for suffix, needs in (("", shape["input_grad"]), (_WITH_INPUT_GRAD, True)):
+                if suffix and shape["input_grad"]:
+                    continue
+                x = torch.from_numpy(x_data.copy()).requires_grad_(needs)
+                calls[name + suffix] = lambda step=step, x=x: step(x)
     return {name: interleaved_medians({name: call}, repeats)[name]
             for name, call in calls.items()}
 
@@ -122,33 +149,45 @@ def _torch_conv_child(repeats: int, threads: int) -> dict[str, float] | None:
 
 def conv_benchmarks(backends: list[str], matmul: float, repeats: int,
                     torch_threads: int = 2) -> dict[str, Any]:
-    """GFLOP/s of conv2d forward, input and weight gradient each alone, and of all three as a
-    training step runs them (the forward keeping its planes or columns for
-    ``conv2d_backward``); and of PyTorch's forward + backward on the same shapes (null without
-    torch)."""
+    """GFLOP/s of conv2d forward, input and weight gradient each alone, and of the passes a
+    training step runs (the forward keeping its planes or columns for ``conv2d_backward``,
+    or, for a layer that reads the network's input, for the weight gradient alone; such a
+    layer also gets the figure with its input gradient, "..._with_input_grad"); and of
+    PyTorch's forward + backward on the same shapes (null without torch)."""
     rng = np.random.default_rng(0)
     results: dict[str, Any] = {}
     torch_seconds = _torch_conv_child(repeats, torch_threads) or {}
     for workload in ("cnn-s", "resnet18"):
         for shape in conv_shapes(workload):
             name = _conv_name(workload, shape)
-            entry: dict[str, Any] = {"count_in_model": shape["count"]}
+            entry: dict[str, Any] = {"count_in_model": shape["count"],
+                                     "input_grad_in_training": shape["input_grad"]}
             flops = _shape_flops(shape)
             for backend in backends:
                 calls = _conv_case(shape, backend, rng)
                 seconds = interleaved_medians(calls, repeats)
                 rates = {part: flops / s / 1e9 for part, s in seconds.items()
-                         if part != "training"}
-                # the three passes as a training step runs them (what PyTorch's figure times)
-                rates["forward_backward"] = 3 * flops / seconds["training"] / 1e9
+                         if not part.startswith("training")}
+                # the passes as a training step runs them (what PyTorch's figure times)
+                rates["forward_backward"] = _passes(shape) * flops / seconds["training"] / 1e9
                 entry[backend] = {"gflops": rates,
                                   "fraction_of_matmul": rates["forward_backward"] / matmul,
                                   "ms": {part: s * 1e3 for part, s in seconds.items()}}
+                if "training_with_input_grad" in seconds:
+                    rate = 3 * flops / seconds["training_with_input_grad"] / 1e9
+                    rates["forward_backward_with_input_grad"] = rate
+                    entry[backend]["fraction_of_matmul_with_input_grad"] = rate / matmul
             seconds = torch_seconds.get(name)
             entry["torch"] = None if not seconds else {
-                "gflops": {"forward_backward": 3 * flops / seconds / 1e9},
-                "fraction_of_matmul": 3 * flops / seconds / 1e9 / matmul,
+                "gflops": {"forward_backward": _passes(shape) * flops / seconds / 1e9},
+                "fraction_of_matmul": _passes(shape) * flops / seconds / 1e9 / matmul,
                 "ms": {"forward_backward": seconds * 1e3}}
+            seconds = torch_seconds.get(name + _WITH_INPUT_GRAD)
+            if entry["torch"] and seconds:
+                rate = 3 * flops / seconds / 1e9
+                entry["torch"]["gflops"]["forward_backward_with_input_grad"] = rate
+                entry["torch"]["fraction_of_matmul_with_input_grad"] = rate / matmul
+                entry["torch"]["ms"]["forward_backward_with_input_grad"] = seconds * 1e3
             results[name] = entry
     return results
 

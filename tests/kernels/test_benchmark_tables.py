@@ -38,3 +38,42 @@ def test_even_number_of_rounds_takes_the_mean_of_the_middle_ratios():
         "python -m benchmarks")
     row = next(line for line in table.splitlines() if line.startswith("| mlp-m"))
     assert row.split("|")[6].strip() == f"{(1.0 + 1.2) / 2:.2f} (0.90–3.00)"
+
+
+def test_a_layer_reading_the_network_input_gets_a_row_with_and_without_its_input_gradient():
+    """Training computes no input gradient for such a layer: its first row is forward + weight
+    gradient, the second the figure with the input gradient as well."""
+    conv = {
+        "conv2d cnn-s x[64, 1, 28, 28] w[16, 1, 3, 3] s1 p1": {
+            "input_grad_in_training": False,
+            "numba": {"gflops": {"forward_backward": 60.0,
+                                 "forward_backward_with_input_grad": 45.0},
+                      "fraction_of_matmul": 60.0 / 180.0,
+                      "fraction_of_matmul_with_input_grad": 45.0 / 180.0},
+            "torch": None},
+        "conv2d cnn-s x[64, 16, 14, 14] w[32, 16, 3, 3] s1 p1": {
+            "input_grad_in_training": True,
+            "numba": {"gflops": {"forward_backward": 120.0}, "fraction_of_matmul": 120 / 180.0},
+            "torch": {"gflops": {"forward_backward": 90.0}, "fraction_of_matmul": 90 / 180.0}}}
+    results = _results({})
+    results["kernels"] = {"conv2d": conv, "memory": {}}
+    rows = [line for line in markdown(results, "python -m benchmarks").splitlines()
+            if line.startswith("| cnn-s x[")]
+    cells = [[cell.strip() for cell in row.split("|")[1:-1]] for row in rows]
+    assert [row[0] for row in cells] == [
+        "cnn-s x[64, 1, 28, 28] w[16, 1, 3, 3] s1 p1 (no input gradient)",
+        "cnn-s x[64, 1, 28, 28] w[16, 1, 3, 3] s1 p1 with its input gradient",
+        "cnn-s x[64, 16, 14, 14] w[32, 16, 3, 3] s1 p1"]
+    assert [row[2] for row in cells] == ["60.0", "45.0", "120.0"]
+    assert [row[4] for row in cells] == [f"{60 / 180:.0%}", f"{45 / 180:.0%}", f"{120 / 180:.0%}"]
+    assert [row[5] for row in cells] == ["—", "—", f"{90 / 180:.0%}"]
+
+
+def test_only_the_layers_reading_the_network_input_skip_the_input_gradient():
+    """Read off the models by their forward hooks: CNN-S's and ResNet-18's first convolution
+    reads the image, every other one a tensor that needs a gradient."""
+    from benchmarks.kernel_bench import conv_shapes
+    for workload, first_x in (("cnn-s", (64, 1, 28, 28)), ("resnet18", (32, 3, 32, 32))):
+        shapes = conv_shapes(workload)
+        assert [s["x"] for s in shapes if not s["input_grad"]] == [first_x]
+        assert len(shapes) > 1 and all(s["input_grad"] for s in shapes if s["x"] != first_x)
