@@ -88,7 +88,8 @@ def _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilatio
     np.testing.assert_array_equal(y, direct.forward(x, w, bias, padding, dilation, stride))
     one_grid = (direct._interleaves("forward", x_shape[0], *x_shape[2:], stride)
                 == direct._interleaves("weight_grad", x_shape[0], *x_shape[2:], stride))
-    assert (kept is not None) == one_grid
+    masked = direct._masked_copies_apply(x_shape, w_shape, stride, padding, dilation)
+    assert (kept is not None) == (one_grid and not masked)
     # (read sample by sample when not interleaved: other partial sums, so compared with the
     # reference)
     assert_close(direct.weight_grad(x, gy, w_shape, padding, dilation, stride, kept=kept),
@@ -101,6 +102,73 @@ def _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilatio
                             weight_grad(x, gy, w_shape, *geometry)),
                      bound=(input_grad(np.abs(gy), np.abs(w), x_shape, *geometry),
                             weight_grad(np.abs(x), np.abs(gy), w_shape, *geometry)))
+
+
+@given(data=st.data())
+def test_weight_gradient_on_column_masked_copies_equals_the_reference(data):
+    """A network's first layers (few input channels, stride 1, "same" along the rows): the
+    weight gradient sweeps gy where it lies against KW column-masked copies of x, whatever
+    the kernel size, dilation and row padding, with or without the forward's kept planes,
+    padded serially or on the pool."""
+    direct = _direct()
+    kh, kw = data.draw(st.integers(1, 5), label="kh"), data.draw(st.integers(1, 5), label="kw")
+    dh, dw = data.draw(st.integers(1, 2), label="dh"), data.draw(st.integers(1, 2), label="dw")
+    if dw * (kw - 1) % 2:                    # "same" along the rows needs an even reach
+        kw += 1
+    padding = (data.draw(st.integers(0, dh * (kh - 1)), label="ph"), dw * (kw - 1) // 2)
+    c = data.draw(st.integers(1, 3), label="c")
+    k = kw * c + data.draw(st.integers(1, 6), label="extra k")
+    n = data.draw(st.sampled_from([1, 2]), label="n")
+    w_ = 8 * data.draw(st.integers(1, 3), label="w / 8")     # whole vectors of outputs
+    h = max(dh * (kh - 1) + 1 - 2 * padding[0], 1) + data.draw(st.integers(0, 9), label="h")
+    if n > 1 and h * w_ <= direct.INTERLEAVE_MAX["weight_grad"]:
+        n = 1                                # (small maps of several samples interleave)
+    x_shape, w_shape = (n, c, h, w_), (k, c, kh, kw)
+    geometry = ((1, 1), padding, (dh, dw), 1)
+    assert direct._masked_copies_apply(x_shape, w_shape, *geometry[:3])
+    x = np.ascontiguousarray(normal(data, x_shape, np.float32))
+    oh = h + 2 * padding[0] - dh * (kh - 1)
+    gy = np.ascontiguousarray(normal(data, (n, k, oh, w_), np.float32))
+    _, reference = numba_and_reference("conv2d_weight_grad")
+    want = reference(x, gy, w_shape, *geometry)
+    bound = reference(np.abs(x), np.abs(gy), w_shape, *geometry)
+    with mock.patch.object(direct, "pool_shared",
+                           lambda: data.draw(st.booleans(), label="parallel pad")):
+        _, kept = direct.forward(x, np.zeros(w_shape, np.float32), None, padding, (dh, dw),
+                                 keep=True)
+        assert kept is None            # (the forward keeps no planes the sweep would not read)
+        _, other = direct.forward(x, np.zeros((1, c, kh, kw), np.float32), None, padding,
+                                  (dh, dw), keep=True)
+        for planes in (None, other):
+            assert_close(direct.weight_grad(x, gy, w_shape, padding, (dh, dw), kept=planes),
+                         want, bound=bound)
+
+
+def test_first_layers_weight_gradients_run_on_masked_copies():
+    """CNN-S's and ResNet-18's first convolutions (1 and 3 input channels, 16 outputs) take
+    the masked copies; a 16 -> 16 layer, a strided one and one whose output rows are not whole
+    vectors lay gy out on x's grid instead."""
+    direct = _direct()
+    applies = direct._masked_copies_apply
+    assert applies((64, 1, 28, 28), (16, 1, 3, 3), (1, 1), (1, 1), (1, 1))
+    assert applies((32, 3, 32, 32), (16, 3, 3, 3), (1, 1), (1, 1), (1, 1))
+    assert not applies((32, 16, 32, 32), (16, 16, 3, 3), (1, 1), (1, 1), (1, 1))
+    assert not applies((32, 3, 32, 32), (16, 3, 3, 3), (2, 2), (1, 1), (1, 1))
+    assert not applies((32, 1, 31, 31), (16, 1, 3, 3), (1, 1), (1, 1), (1, 1))
+    assert not applies((32, 1, 28, 28), (16, 1, 3, 3), (1, 1), (0, 0), (1, 1))    # OW < W
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+    gy = rng.standard_normal((64, 16, 28, 28)).astype(np.float32)
+    calls = []
+    real = direct._masked_copies
+    with mock.patch.object(direct, "_masked_copies",
+                           lambda *a: calls.append(a[0].shape) or real(*a)):
+        fast, reference = numba_and_reference("conv2d_weight_grad")
+        geometry = ((1, 1), (1, 1), (1, 1), 1)
+        assert_close(fast(x, gy, (16, 1, 3, 3), *geometry),
+                     reference(x, gy, (16, 1, 3, 3), *geometry),
+                     bound=reference(np.abs(x), np.abs(gy), (16, 1, 3, 3), *geometry))
+    assert calls == [x.shape]
 
 
 @pytest.mark.parametrize("parallel_pad", [True, False])
