@@ -333,7 +333,8 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None, keep_colu
 def conv2d_weight_grad(x, gy, weight_shape, stride, padding, dilation, groups, columns=None):
     """gw = per group gY_g (O/G, n*L) @ im2col(x)_g^T (n*L, K/G), summed over chunks of n
     samples: the sum over samples happens inside the sgemm (Numba + BLAS). ``columns``, the
-    whole batch's wide column matrix kept by :func:`conv2d_forward`, saves packing x again."""
+    whole batch's wide column matrix kept by :func:`conv2d_forward` (or what the direct or
+    strided 1x1 loops kept), saves packing x again."""
     x, gy = contiguous(x), contiguous(gy)
     if pointwise.applies(x.shape, weight_shape, stride, padding, dilation, groups, x.dtype):
         return pointwise.backward(gy, x.shape, tuple(weight_shape), stride, x=x,

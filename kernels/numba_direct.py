@@ -968,7 +968,9 @@ def _masked_copies(x, kh, kw, padding, dilation):
 def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_planes=None):
     """gw (K, C, KH, KW) = sum over n, i, j of gy[n, k, i, j] * x_pad[n, c, s_h i + p d_h,
     s_w j + q d_w]. ``kept``: x's planes from :func:`forward`, used when they are this grid's
-    (anything else is ignored); ``gy_planes``: gy's padded planes from :func:`backward`."""
+    (anything else is ignored); ``gy_planes``: gy's padded planes from :func:`backward`.
+    Without those, a network's first layer sweeps gy where it lies against column-masked
+    copies of x (:func:`_masked_copies_apply`)."""
     stride, padding, dilation = _ints(stride), _ints(padding), _ints(dilation)
     w_shape = tuple(int(v) for v in w_shape)
     grid = _grid(x.shape, w_shape, stride, padding, dilation,

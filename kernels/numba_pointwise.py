@@ -120,8 +120,10 @@ def _gather(x, n, channels, h, w, sh, sw, oh, ow, panel, pitch):
 def _transpose(panel, pitch, length, channels, c_pitch, into, at):
     """x̂_n^T: into[at + (l, c)] = panel[(c, l)] for l < length (rows ``c_pitch`` apart), and
     zero for channels from ``channels`` to ``c_pitch``; by 8 x 8 tiles where they fit.
-    (Gathering x̂^T straight from x, with scalar stores a row apart, had cost the first
-    shortcut's weight gradient 40% of its time.)"""
+    (The weight gradient used to gather x̂^T straight from x, with scalar stores a row apart:
+    40% of the first shortcut's weight gradient. Gathering x̂ and transposing it costs about
+    as much there; the gain is in the forward, which has x̂_n in L1 anyway and keeps x̂_n^T,
+    so that the weight gradient reads no x.)"""
     whole_l, whole_c = length // 8 * 8, channels // 8 * 8
     for l in range(0, whole_l, 8):
         for c in range(0, whole_c, 8):
@@ -214,9 +216,9 @@ def _task(task, address, tasks):
     ȳ_n x̂_n^T (when shares are given: rows of whole blocks of COLS channels), from x̂_n^T
     gathered here or kept by the forward.
 
-    One call site each of the gather, the product and the scatter: every call site of an
-    inlined function is compiled anew, and the cold compile of all kernels is held under
-    30 s."""
+    One call site each of the gather, the transpose, the product and the scatter: every call
+    site of an inlined function is compiled anew, and the cold compile of all kernels is held
+    under 30 s."""
     # the direct loops' argument block: the forward's bias and the backward's shares share a
     # slot; gx is the forward's y
     x, w, bias, gy, out, _, _, dims = _arguments(address)
@@ -296,8 +298,8 @@ _JOB = job(_task, vectorise=True)
 class KeptColumns:
     """x̂^T of every sample, (N, L, C rounded up to whole blocks of COLS), written by a forward
     that keeps it for the weight gradient: the forward has x̂_n in L1 when it transposes it,
-    where the backward would gather it from x again (the weight gradients of ResNet-18's
-    shortcuts took 0.069 instead of 0.116 ms without that gather). ``key`` is the
+    where the backward would gather it from x again (the weight gradient of ResNet-18's first
+    shortcut took 0.069 instead of 0.116 ms without that gather). ``key`` is the
     (x shape, stride) it belongs to; a backward of another convolution ignores it."""
     __slots__ = ("key", "columns")
 
