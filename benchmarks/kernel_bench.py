@@ -129,9 +129,9 @@ def torch_conv_seconds(repeats: int, threads: int) -> dict[str, float] | None:
                 torch.nn.functional.conv2d(x, w, stride=shape["stride"],
                                            padding=shape["padding"]).backward(gy)
             name = _conv_name(workload, shape)
-            for suffix, needs in (("", shape["input_grad"]), (_WITH_INPUT_GRAD, True)):
-                if suffix and shape["input_grad"]:
-                    continue
+            # suffix -> whether x requires a gradient
+            variants = {"": True} if shape["input_grad"] else {"": False, _WITH_INPUT_GRAD: True}
+            for suffix, needs in variants.items():
                 x = torch.from_numpy(x_data.copy()).requires_grad_(needs)
                 calls[name + suffix] = lambda step=step, x=x: step(x)
     return {name: interleaved_medians({name: call}, repeats)[name]

@@ -969,23 +969,21 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_
     """gw (K, C, KH, KW) = sum over n, i, j of gy[n, k, i, j] * x_pad[n, c, s_h i + p d_h,
     s_w j + q d_w]. ``kept``: x's planes from :func:`forward`, used when they are this grid's
     (anything else is ignored); ``gy_planes``: gy's padded planes from :func:`backward`.
-    Without those, a network's first layer sweeps gy where it lies against column-masked
-    copies of x (:func:`_masked_copies_apply`)."""
+    Without ``gy_planes``, a network's first layer sweeps gy where it lies against
+    column-masked copies of x (:func:`_masked_copies_apply`)."""
     stride, padding, dilation = _ints(stride), _ints(padding), _ints(dilation)
     w_shape = tuple(int(v) for v in w_shape)
-    grid = _grid(x.shape, w_shape, stride, padding, dilation,
-                 _interleaves("weight_grad", x.shape[0], *x.shape[2:], stride))
     gw = np.zeros(w_shape, np.float32)
     if gy.size and x.size and gy_planes is None and _masked_copies_apply(
             x.shape, w_shape, stride, padding, dilation):
         # ȳ where it lies (N, K, OH*OW), sample by sample
         (n, c), k, length = x.shape[:2], w_shape[0], gy.shape[2] * gy.shape[3]
         copies, offsets, plane = _masked_copies(x, *w_shape[2:], padding, dilation)
-        dims = (c, k, n, length, k * length, offsets.size, plane, length, STRIP, c * plane,
-                0, 0, 0, 0, 0, 0, 0)
-        _parallel(_WEIGHT_GRAD, copies, flat(gy), gw.reshape(-1), _EMPTY, _EMPTY, offsets,
-                  dims, (-(-k // GRAD_OUT_BLOCK)) * (-(-c // GRAD_IN_BLOCK)))
+        _sweep_weight_grad(copies, flat(gy), gw, offsets, c, k, n, length, k * length, plane,
+                           length, c * plane)
         return gw
+    grid = _grid(x.shape, w_shape, stride, padding, dilation,
+                 _interleaves("weight_grad", x.shape[0], *x.shape[2:], stride))
     if gy.size and x.size:
         kept_planes = kept.planes if isinstance(kept, PaddedInput) and kept.grid is grid \
             else None
@@ -1005,8 +1003,17 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_
                 x_stride, x_pitch = grid.length, grid.c * grid.length
         else:                                                # everything, zeros included
             rows, run = 1, g_stride
-        dims = (grid.c, grid.k, rows, run, pitch, grid.offsets.size, x_stride, g_stride,
-                STRIP, x_pitch, 0, 0, 0, 0, 0, 0, 0)
-        _parallel(_WEIGHT_GRAD, x_grid, gy_grid, gw.reshape(-1), _EMPTY, _EMPTY, grid.offsets,
-                  dims, (-(-grid.k // GRAD_OUT_BLOCK)) * (-(-grid.c // GRAD_IN_BLOCK)))
+        _sweep_weight_grad(x_grid, gy_grid, gw, grid.offsets, grid.c, grid.k, rows, run, pitch,
+                           x_stride, g_stride, x_pitch)
     return gw
+
+
+def _sweep_weight_grad(x_planes, gy_planes, gw, offsets, c, k, rows, run, pitch, x_stride,
+                       g_stride, x_pitch):
+    """gw (zeroed, K x C x taps) = the sums of :func:`_weight_grad_tasks` over ``rows`` runs of
+    ``run`` positions (``pitch`` apart in gy, ``x_pitch`` in x when not 0; channels
+    ``x_stride`` and ``g_stride`` apart), a task per block of channels on the pool."""
+    dims = (c, k, rows, run, pitch, offsets.size, x_stride, g_stride, STRIP, x_pitch, 0, 0, 0, 0,
+            0, 0, 0)
+    _parallel(_WEIGHT_GRAD, x_planes, gy_planes, gw.reshape(-1), _EMPTY, _EMPTY, offsets, dims,
+              (-(-k // GRAD_OUT_BLOCK)) * (-(-c // GRAD_IN_BLOCK)))

@@ -132,8 +132,8 @@ def test_weight_gradient_on_column_masked_copies_equals_the_reference(data):
     _, reference = numba_and_reference("conv2d_weight_grad")
     want = reference(x, gy, w_shape, *geometry)
     bound = reference(np.abs(x), np.abs(gy), w_shape, *geometry)
-    with mock.patch.object(direct, "pool_shared",
-                           lambda: data.draw(st.booleans(), label="parallel pad")):
+    parallel = data.draw(st.booleans(), label="parallel pad")
+    with mock.patch.object(direct, "pool_shared", lambda: parallel):
         _, kept = direct.forward(x, np.zeros(w_shape, np.float32), None, padding, (dh, dw),
                                  keep=True)
         assert kept is None            # (the forward keeps no planes the sweep would not read)
