@@ -57,15 +57,18 @@ def _check(x, w, bias, gy, stride):
 def test_strided_pointwise_convolutions_equal_the_reference(data):
     """Channel counts on both sides of the register block (6 rows x 16 columns: a last block
     of rows that overlaps the one before, and columns past the last whole block through the
-    zero-padded tail), strides up
-    to 3 on either axis (2 has a path of its own), odd maps whose last row or column no output
-    reads, with and without bias, in every memory layout; sample groups of one and more."""
+    zero-padded tail), strides up to 3 on either axis (2 has paths of its own), odd maps whose
+    last row or column no output reads, rows of x̄ wide enough for its cells to go out as
+    vector runs of 8 or 4 (and the cells after them), with and without bias, in every memory
+    layout; sample groups of one and more."""
     stride = data.draw(st.tuples(st.integers(1, 3), st.integers(1, 3)).filter(
         lambda s: s != (1, 1)), label="stride")
     n = data.draw(st.sampled_from([1, 2, 3, 9]), label="n")
     c, k = (data.draw(st.one_of(st.integers(6, 8), st.integers(11, 13), st.integers(15, 18),
                                 st.integers(30, 34)), label=name) for name in ("c", "k"))
-    hw = (data.draw(st.integers(1, 13), label="h"), data.draw(st.integers(1, 13), label="w"))
+    # widths from 16 on give x̄'s rows runs of 8 cells written as vectors, from 8 on runs of 4
+    hw = (data.draw(st.integers(1, 13), label="h"),
+          data.draw(st.one_of(st.integers(1, 13), st.integers(14, 26)), label="w"))
     out_hw = tuple((size - 1) // s + 1 for size, s in zip(hw, stride))
     assert _pointwise().applies((n, c, *hw), (k, c, 1, 1), stride, (0, 0), (1, 1), 1,
                                 np.float32)
