@@ -179,8 +179,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
     if kernels:
         lines += ["", "| conv2d shape (forward + the gradients a training step computes, "
                   "as it runs them) | numpy GFLOP/s | "
-                  "numba GFLOP/s | PyTorch GFLOP/s | numba / matmul | PyTorch / matmul |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "numba GFLOP/s | PyTorch GFLOP/s | numba / matmul | PyTorch / matmul "
+                  "| sgemm on its products alone / matmul |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for name, entry in kernels["conv2d"].items():
             # a layer reading the network's input: its weight gradient only, then a row with
             # the input gradient that training skips
@@ -191,9 +192,11 @@ def markdown(results: dict[str, Any], command: str) -> str:
                     "forward_backward" + suffix) for who in ("numpy", "numba", "torch")]
                 fractions = [(entry.get(who) or {}).get("fraction_of_matmul" + suffix)
                              for who in ("numba", "torch")]
+                blas = (entry.get("blas_products") or {}).get("fraction_of_matmul" + suffix)
                 lines.append(f"| {name.removeprefix('conv2d ')}{label} | "
                              + " | ".join(_number(rate, ".1f") for rate in rates) + " | "
-                             + " | ".join(_number(f, ".0%") for f in fractions) + " |")
+                             + " | ".join(_number(f, ".0%") for f in fractions + [blas])
+                             + " |")
         lines += ["", "| memory-bound kernel | numpy GB/s | numba GB/s |", "|---|---:|---:|"]
         for name, entry in kernels["memory"].items():
             lines.append(f"| {name} | {_number(entry['numpy']['gbs'], '.1f')} | "

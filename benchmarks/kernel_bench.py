@@ -87,6 +87,21 @@ def _conv_case(shape: dict[str, Any], backend: str, rng) -> dict[str, Callable]:
     return calls
 
 
+def _blas_products(shape: dict[str, Any], rng) -> dict[str, Callable]:
+    """The layer's three products as one NumPy sgemm each, on operands already laid out:
+    forward W (K, D) @ X (D, P), input gradient W^T (D, K) @ Ȳ (K, P), weight gradient
+    Ȳ @ X^T (P, D), with D = C*KH*KW and P = N*OH*OW. No gather, no scatter, no im2col: what
+    BLAS makes of the arithmetic alone, a ceiling for the convolution's rate."""
+    out_hw = output_hw("conv2d", shape["x"], shape["w"][2:], shape["stride"], shape["padding"])
+    k, d = shape["w"][0], int(np.prod(shape["w"][1:]))
+    p = shape["x"][0] * out_hw[0] * out_hw[1]
+    w, cols, gy = (rng.standard_normal(size).astype(np.float32)
+                   for size in ((k, d), (d, p), (k, p)))
+    w_t, cols_t = np.ascontiguousarray(w.T), np.ascontiguousarray(cols.T)
+    return {"forward": lambda: w @ cols, "input_grad": lambda: w_t @ gy,
+            "weight_grad": lambda: gy @ cols_t}
+
+
 def _passes(shape: dict[str, Any]) -> int:
     """Convolution-sized passes of a training step: forward, weight gradient, and the input
     gradient where the step needs it."""
@@ -153,7 +168,9 @@ def conv_benchmarks(backends: list[str], matmul: float, repeats: int,
     training step runs (the forward keeping its planes or columns for ``conv2d_backward``,
     or, for a layer that reads the network's input, for the weight gradient alone; such a
     layer also gets the figure with its input gradient, "..._with_input_grad"); and of
-    PyTorch's forward + backward on the same shapes (null without torch)."""
+    PyTorch's forward + backward on the same shapes (null without torch); and of the same
+    products as plain sgemm calls on operands laid out beforehand ("blas_products", see
+    :func:`_blas_products`)."""
     rng = np.random.default_rng(0)
     results: dict[str, Any] = {}
     torch_seconds = _torch_conv_child(repeats, torch_threads) or {}
@@ -177,6 +194,17 @@ def conv_benchmarks(backends: list[str], matmul: float, repeats: int,
                     rate = 3 * flops / seconds["training_with_input_grad"] / 1e9
                     rates["forward_backward_with_input_grad"] = rate
                     entry[backend]["fraction_of_matmul_with_input_grad"] = rate / matmul
+            # the same products as plain sgemm calls (the input gradient's where training
+            # computes it), for scale
+            seconds = interleaved_medians(_blas_products(shape, rng), repeats)
+            passes = seconds["forward"] + seconds["weight_grad"] + (
+                seconds["input_grad"] if shape["input_grad"] else 0.0)
+            rate = _passes(shape) * flops / passes / 1e9
+            entry["blas_products"] = {"gflops": rate, "fraction_of_matmul": rate / matmul,
+                                      "ms": {part: s * 1e3 for part, s in seconds.items()}}
+            if not shape["input_grad"]:
+                rate = 3 * flops / sum(seconds.values()) / 1e9
+                entry["blas_products"]["fraction_of_matmul_with_input_grad"] = rate / matmul
             seconds = torch_seconds.get(name)
             entry["torch"] = None if not seconds else {
                 "gflops": {"forward_backward": _passes(shape) * flops / seconds / 1e9},

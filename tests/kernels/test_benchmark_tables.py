@@ -42,7 +42,8 @@ def test_even_number_of_rounds_takes_the_mean_of_the_middle_ratios():
 
 def test_a_layer_reading_the_network_input_gets_a_row_with_and_without_its_input_gradient():
     """Training computes no input gradient for such a layer: its first row is forward + weight
-    gradient, the second the figure with the input gradient as well."""
+    gradient, the second the figure with the input gradient as well; each row's sgemm
+    reference covers the same passes."""
     conv = {
         "conv2d cnn-s x[64, 1, 28, 28] w[16, 1, 3, 3] s1 p1": {
             "input_grad_in_training": False,
@@ -50,7 +51,9 @@ def test_a_layer_reading_the_network_input_gets_a_row_with_and_without_its_input
                                  "forward_backward_with_input_grad": 45.0},
                       "fraction_of_matmul": 60.0 / 180.0,
                       "fraction_of_matmul_with_input_grad": 45.0 / 180.0},
-            "torch": None},
+            "torch": None,
+            "blas_products": {"gflops": 54.0, "fraction_of_matmul": 54.0 / 180.0,
+                              "fraction_of_matmul_with_input_grad": 50.0 / 180.0}},
         "conv2d cnn-s x[64, 16, 14, 14] w[32, 16, 3, 3] s1 p1": {
             "input_grad_in_training": True,
             "numba": {"gflops": {"forward_backward": 120.0}, "fraction_of_matmul": 120 / 180.0},
@@ -67,6 +70,9 @@ def test_a_layer_reading_the_network_input_gets_a_row_with_and_without_its_input
     assert [row[2] for row in cells] == ["60.0", "45.0", "120.0"]
     assert [row[4] for row in cells] == [f"{60 / 180:.0%}", f"{45 / 180:.0%}", f"{120 / 180:.0%}"]
     assert [row[5] for row in cells] == ["—", "—", f"{90 / 180:.0%}"]
+    # sgemm on the layer's products alone, for the same passes as the row (none measured for
+    # the last layer)
+    assert [row[6] for row in cells] == [f"{54 / 180:.0%}", f"{50 / 180:.0%}", "—"]
 
 
 def test_only_the_layers_reading_the_network_input_skip_the_input_gradient():
@@ -77,3 +83,21 @@ def test_only_the_layers_reading_the_network_input_skip_the_input_gradient():
         shapes = conv_shapes(workload)
         assert [s["x"] for s in shapes if not s["input_grad"]] == [first_x]
         assert len(shapes) > 1 and all(s["input_grad"] for s in shapes if s["x"] != first_x)
+
+
+def test_the_sgemm_reference_computes_the_layers_three_products():
+    """The plain-sgemm reference of a layer multiplies the operands a convolution's products
+    have: forward (K, D) @ (D, P), input gradient (D, K) @ (K, P), weight gradient
+    (K, P) @ (P, D), D = C*KH*KW and P = N*OH*OW, for a strided 1x1 layer and a padded 3x3."""
+    import numpy as np
+
+    from benchmarks.kernel_bench import _blas_products
+    rng = np.random.default_rng(0)
+    for shape, (k, d, p) in (
+            ({"x": (4, 6, 9, 9), "w": (10, 6, 1, 1), "stride": (2, 2), "padding": (0, 0)},
+             (10, 6, 4 * 5 * 5)),
+            ({"x": (3, 2, 7, 7), "w": (5, 2, 3, 3), "stride": (1, 1), "padding": (1, 1)},
+             (5, 18, 3 * 7 * 7))):
+        products = _blas_products(shape, rng)
+        assert [products[part]().shape for part in ("forward", "input_grad", "weight_grad")] \
+            == [(k, p), (d, p), (k, d)]
