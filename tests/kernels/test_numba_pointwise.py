@@ -59,14 +59,14 @@ def test_strided_pointwise_convolutions_equal_the_reference(data):
     of rows that overlaps the one before, and columns past the last whole block through the
     zero-padded tail), strides up to 3 on either axis (2 has paths of its own), odd maps whose
     last row or column no output reads, rows of x̄ wide enough for its cells to go out as
-    vector runs of 8 or 4 (and the cells after them), with and without bias, in every memory
+    vector runs of 8 (and the cells after them), with and without bias, in every memory
     layout; sample groups of one and more."""
     stride = data.draw(st.tuples(st.integers(1, 3), st.integers(1, 3)).filter(
         lambda s: s != (1, 1)), label="stride")
     n = data.draw(st.sampled_from([1, 2, 3, 9]), label="n")
     c, k = (data.draw(st.one_of(st.integers(6, 8), st.integers(11, 13), st.integers(15, 18),
                                 st.integers(30, 34)), label=name) for name in ("c", "k"))
-    # widths from 16 on give x̄'s rows runs of 8 cells written as vectors, from 8 on runs of 4
+    # widths from 16 on give x̄'s rows runs of 8 cells written as vectors
     hw = (data.draw(st.integers(1, 13), label="h"),
           data.draw(st.one_of(st.integers(1, 13), st.integers(14, 26)), label="w"))
     out_hw = tuple((size - 1) // s + 1 for size, s in zip(hw, stride))
@@ -92,6 +92,23 @@ def test_resnet18_shortcuts_equal_the_reference(x_shape, w_shape):
     gy = rng.standard_normal((x_shape[0], w_shape[0], x_shape[2] // 2, x_shape[3] // 2)
                              ).astype(np.float32)
     _check(x, w, bias, gy, (2, 2))
+
+
+@pytest.mark.parametrize("width", [15, 31])
+def test_vector_runs_of_cells_stay_inside_their_row(width):
+    """x̄'s cells go out as runs of 8 (cell, 0) pairs, 16 values from an even column; on odd
+    widths whose last run would end one past the row, that run is left to the scalar loop.
+    (One too far writes a zero into the first cell of the next sample, which the other
+    thread has written by then: samples large enough that both threads work at once.)"""
+    rng = np.random.default_rng(width)
+    x_shape, w_shape, geometry = (9, 32, 31, width), (8, 32, 1, 1), ((2, 2), (0, 0), (1, 1), 1)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    gy = rng.standard_normal((9, 8, 16, (width + 1) // 2)).astype(np.float32)
+    want = kernel("conv2d_input_grad", "numpy")(gy, w, x_shape, *geometry)
+    bound = kernel("conv2d_input_grad", "numpy")(np.abs(gy), np.abs(w), x_shape, *geometry)
+    for _ in range(5):
+        assert_close(kernel("conv2d_input_grad", "numba")(gy, w, x_shape, *geometry), want,
+                     bound=bound)
 
 
 def test_columns_kept_for_another_convolution_are_ignored():
