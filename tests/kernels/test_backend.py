@@ -12,6 +12,7 @@ import pytest
 
 import refnas
 import refnas.ops  # noqa: F401
+import refnas.optim  # noqa: F401  (registers the optimizer updates' NumPy references)
 from refnas import backend
 from tests.kernels.helpers import needs_numba
 
@@ -111,8 +112,20 @@ def test_non_contiguous_parameter_is_updated_by_the_reference(monkeypatch):
 
 
 @needs_numba
+def test_calls_are_serialised_only_under_the_workqueue_layer():
+    """The lock around Numba kernel calls exists under workqueue (not thread-safe) and is gone
+    under the layer Numba picks by default here (TBB, which is)."""
+    code = ("from refnas import backend; backend.available(); import numba; "
+            "print(numba.threading_layer(), 'numba' in backend._exclusive)")
+    layer, locked = _python(code).split()
+    assert locked == str(layer == "workqueue")
+    assert _python(code, NUMBA_THREADING_LAYER="workqueue").split() == ["workqueue", "True"]
+
+
+@needs_numba
 def test_kernels_may_be_called_from_several_threads():
-    """Numba's workqueue layer aborts on concurrent parallel loops; the backend serialises them."""
+    """Numba's workqueue layer aborts on concurrent parallel loops, so the backend serialises
+    them there; under TBB (the default here) they run at once."""
     from concurrent.futures import ThreadPoolExecutor
     x = np.linspace(-1, 1, 1 << 17, dtype=np.float32)      # large: the parallel path
     relu = backend.kernel("relu_forward", "numba")
