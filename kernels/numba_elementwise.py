@@ -43,7 +43,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 def _float_arrays(*args, **kwargs) -> bool:
     """Every positional argument is a NumPy array, all of one float dtype (the kernels here
     take arrays only). It runs on every call: skipping arguments without a dtype through a
-    generator had cost a small MLP's training step 3%."""
+    generator had cost a small MLP's training step 1.5%."""
     return same_float_dtype(*args)
 
 
