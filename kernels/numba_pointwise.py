@@ -71,6 +71,12 @@ def _shuffle(builder, a, b, lanes):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8), lanes))
 
 
+def _vector_at(builder, data, index):
+    """A pointer to the 8 floats from data[index], for a vector load or store."""
+    return builder.bitcast(builder.gep(data, [index]),
+                           ir.VectorType(ir.FloatType(), 8).as_pointer())
+
+
 @intrinsic
 def _transpose_8x8(typingctx, src, src_at, src_pitch, dst, dst_at, dst_pitch):
     """dst[dst_at + j*dst_pitch + i] = src[src_at + i*src_pitch + j] for i, j < 8: eight
@@ -78,13 +84,12 @@ def _transpose_8x8(typingctx, src, src_at, src_pitch, dst, dst_at, dst_pitch):
     stores. (A loop of scalar copies transposed x̂ at about a cycle per value, which cost the
     first shortcut's forward as much as keeping x̂^T saved its weight gradient.)"""
     def codegen(context, builder, signature, args):
-        f32x8 = ir.VectorType(ir.FloatType(), 8)
         source = context.make_array(signature.args[0])(context, builder, args[0]).data
         target = context.make_array(signature.args[3])(context, builder, args[3]).data
 
         def address(data, at, pitch, i):
-            offset = builder.add(at, builder.mul(pitch, ir.Constant(pitch.type, i)))
-            return builder.bitcast(builder.gep(data, [offset]), f32x8.as_pointer())
+            return _vector_at(builder, data,
+                              builder.add(at, builder.mul(pitch, ir.Constant(pitch.type, i))))
 
         r = [builder.load(address(source, args[1], args[2], i), align=4) for i in range(8)]
         t = [_shuffle(builder, r[i], r[i + 1], lanes) for i in range(0, 8, 2)
@@ -146,14 +151,11 @@ def _spread_8(typingctx, src, src_at, dst, dst_at):
         source = context.make_array(signature.args[0])(context, builder, args[0]).data
         target = context.make_array(signature.args[2])(context, builder, args[2]).data
 
-        def address(data, at, offset):
-            where = builder.gep(data, [builder.add(at, ir.Constant(at.type, offset))])
-            return builder.bitcast(where, f32x8.as_pointer())
-
-        values = builder.load(address(source, args[1], 0), align=4)
+        values = builder.load(_vector_at(builder, source, args[1]), align=4)
         for half, lanes in ((0, [0, 8, 1, 9, 2, 10, 3, 11]), (8, [4, 12, 5, 13, 6, 14, 7, 15])):
             pairs = _shuffle(builder, values, ir.Constant(f32x8, None), lanes)  # (value, 0)
-            builder.store(pairs, address(target, args[3], half), align=4)
+            at = builder.add(args[3], ir.Constant(args[3].type, half))
+            builder.store(pairs, _vector_at(builder, target, at), align=4)
         return context.get_dummy_value()
 
     return types.void(src, src_at, dst, dst_at), codegen
