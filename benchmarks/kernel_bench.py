@@ -197,9 +197,9 @@ def conv_benchmarks(backends: list[str], matmul: float, repeats: int,
             # the same products as plain sgemm calls (the input gradient's where training
             # computes it), for scale
             seconds = interleaved_medians(_blas_products(shape, rng), repeats)
-            passes = seconds["forward"] + seconds["weight_grad"] + (
+            total = seconds["forward"] + seconds["weight_grad"] + (
                 seconds["input_grad"] if shape["input_grad"] else 0.0)
-            rate = _passes(shape) * flops / passes / 1e9
+            rate = _passes(shape) * flops / total / 1e9
             entry["blas_products"] = {"gflops": rate, "fraction_of_matmul": rate / matmul,
                                       "ms": {part: s * 1e3 for part, s in seconds.items()}}
             if not shape["input_grad"]:
