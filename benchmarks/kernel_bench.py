@@ -113,7 +113,8 @@ def _conv_name(workload: str, shape: dict[str, Any]) -> str:
             f"s{shape['stride'][0]} p{shape['padding'][0]}")
 
 
-_WITH_INPUT_GRAD = " with the input gradient"
+_WITH_INPUT_GRAD = " with the input gradient"     # PyTorch's figures: name + this
+_WITH_INPUT_GRAD_KEY = "_with_input_grad"           # the JSON's keys: figure + this
 
 
 def torch_conv_seconds(repeats: int, threads: int) -> dict[str, float] | None:
@@ -162,6 +163,16 @@ def _torch_conv_child(repeats: int, threads: int) -> dict[str, float] | None:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _training_figures(figures: dict[str, Any], passes: int, flops: int, seconds: float,
+                      matmul: float, suffix: str = "") -> None:
+    """Put the rate of ``passes`` convolution-sized passes done in ``seconds`` into
+    ``figures``: GFLOP/s under gflops["forward_backward" + suffix], the fraction of the run's
+    matmul rate under "fraction_of_matmul" + suffix."""
+    rate = passes * flops / seconds / 1e9
+    figures.setdefault("gflops", {})["forward_backward" + suffix] = rate
+    figures["fraction_of_matmul" + suffix] = rate / matmul
+
+
 def conv_benchmarks(backends: list[str], matmul: float, repeats: int,
                     torch_threads: int = 2) -> dict[str, Any]:
     """GFLOP/s of conv2d forward, input and weight gradient each alone, and of the passes a
@@ -179,43 +190,37 @@ def conv_benchmarks(backends: list[str], matmul: float, repeats: int,
             name = _conv_name(workload, shape)
             entry: dict[str, Any] = {"count_in_model": shape["count"],
                                      "input_grad_in_training": shape["input_grad"]}
-            flops = _shape_flops(shape)
+            flops, passes = _shape_flops(shape), _passes(shape)
             for backend in backends:
-                calls = _conv_case(shape, backend, rng)
-                seconds = interleaved_medians(calls, repeats)
-                rates = {part: flops / s / 1e9 for part, s in seconds.items()
-                         if not part.startswith("training")}
+                seconds = interleaved_medians(_conv_case(shape, backend, rng), repeats)
+                figures = {"gflops": {part: flops / s / 1e9 for part, s in seconds.items()
+                                      if not part.startswith("training")},
+                           "ms": {part: s * 1e3 for part, s in seconds.items()}}
                 # the passes as a training step runs them (what PyTorch's figure times)
-                rates["forward_backward"] = _passes(shape) * flops / seconds["training"] / 1e9
-                entry[backend] = {"gflops": rates,
-                                  "fraction_of_matmul": rates["forward_backward"] / matmul,
-                                  "ms": {part: s * 1e3 for part, s in seconds.items()}}
+                _training_figures(figures, passes, flops, seconds["training"], matmul)
                 if "training_with_input_grad" in seconds:
-                    rate = 3 * flops / seconds["training_with_input_grad"] / 1e9
-                    rates["forward_backward_with_input_grad"] = rate
-                    entry[backend]["fraction_of_matmul_with_input_grad"] = rate / matmul
+                    _training_figures(figures, 3, flops, seconds["training_with_input_grad"],
+                                      matmul, _WITH_INPUT_GRAD_KEY)
+                entry[backend] = figures
             # the same products as plain sgemm calls (the input gradient's where training
             # computes it), for scale
             seconds = interleaved_medians(_blas_products(shape, rng), repeats)
-            total = seconds["forward"] + seconds["weight_grad"] + (
-                seconds["input_grad"] if shape["input_grad"] else 0.0)
-            rate = _passes(shape) * flops / total / 1e9
-            entry["blas_products"] = {"gflops": rate, "fraction_of_matmul": rate / matmul,
-                                      "ms": {part: s * 1e3 for part, s in seconds.items()}}
+            figures = {"ms": {part: s * 1e3 for part, s in seconds.items()}}
+            _training_figures(figures, passes, flops, seconds["forward"] + seconds["weight_grad"]
+                              + (seconds["input_grad"] if shape["input_grad"] else 0.0), matmul)
             if not shape["input_grad"]:
-                rate = 3 * flops / sum(seconds.values()) / 1e9
-                entry["blas_products"]["fraction_of_matmul_with_input_grad"] = rate / matmul
+                _training_figures(figures, 3, flops, sum(seconds.values()), matmul,
+                                  _WITH_INPUT_GRAD_KEY)
+            entry["blas_products"] = figures
+            entry["torch"] = None
             seconds = torch_seconds.get(name)
-            entry["torch"] = None if not seconds else {
-                "gflops": {"forward_backward": _passes(shape) * flops / seconds / 1e9},
-                "fraction_of_matmul": _passes(shape) * flops / seconds / 1e9 / matmul,
-                "ms": {"forward_backward": seconds * 1e3}}
-            seconds = torch_seconds.get(name + _WITH_INPUT_GRAD)
-            if entry["torch"] and seconds:
-                rate = 3 * flops / seconds / 1e9
-                entry["torch"]["gflops"]["forward_backward_with_input_grad"] = rate
-                entry["torch"]["fraction_of_matmul_with_input_grad"] = rate / matmul
-                entry["torch"]["ms"]["forward_backward_with_input_grad"] = seconds * 1e3
+            if seconds:
+                figures = entry["torch"] = {"ms": {"forward_backward": seconds * 1e3}}
+                _training_figures(figures, passes, flops, seconds, matmul)
+                seconds = torch_seconds.get(name + _WITH_INPUT_GRAD)
+                if seconds:
+                    _training_figures(figures, 3, flops, seconds, matmul, _WITH_INPUT_GRAD_KEY)
+                    figures["ms"]["forward_backward" + _WITH_INPUT_GRAD_KEY] = seconds * 1e3
             results[name] = entry
     return results
 

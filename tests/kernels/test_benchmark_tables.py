@@ -52,7 +52,9 @@ def test_a_layer_reading_the_network_input_gets_a_row_with_and_without_its_input
                       "fraction_of_matmul": 60.0 / 180.0,
                       "fraction_of_matmul_with_input_grad": 45.0 / 180.0},
             "torch": None,
-            "blas_products": {"gflops": 54.0, "fraction_of_matmul": 54.0 / 180.0,
+            "blas_products": {"gflops": {"forward_backward": 54.0,
+                                         "forward_backward_with_input_grad": 50.0},
+                              "fraction_of_matmul": 54.0 / 180.0,
                               "fraction_of_matmul_with_input_grad": 50.0 / 180.0}},
         "conv2d cnn-s x[64, 16, 14, 14] w[32, 16, 3, 3] s1 p1": {
             "input_grad_in_training": True,
