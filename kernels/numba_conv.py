@@ -285,7 +285,8 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None, keep_colu
 
     With ``keep_columns``, returns (y, columns): the wide column matrix (K, N*L) of the whole
     batch when it was packed in one chunk (small maps), or, from the direct loops, x's
-    interleaved planes (:class:`numba_direct.PaddedInput`), or, from the strided 1x1 loops,
+    planes (:class:`numba_direct.PaddedInput`) or a first layer's column-masked copies of x
+    (:class:`numba_direct.MaskedCopies`), or, from the strided 1x1 loops,
     the subsampled input transposed (:class:`numba_pointwise.KeptColumns`), which
     :func:`conv2d_weight_grad` and :func:`conv2d_backward` can take instead of packing x
     again; else None.

@@ -225,7 +225,7 @@ def gelu_backward(g: np.ndarray, x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Softmax-cross-entropy, one row per task
 # --------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _row_log_normalizer(logits, i):
     """(max_c z_ic, log sum_c exp(z_ic - max)) of row i, accumulated in float64."""
     row = logits[i]

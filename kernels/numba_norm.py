@@ -52,7 +52,7 @@ _FASTMATH = {"reassoc", "contract", "nsz"}     # lets LLVM vectorise the sums; N
 BLOCK = 256
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=_FASTMATH, inline="always")
 def _shifted_sums(x, shift, total, squares, c0, c1):
     r"""``total[c]`` :math:`= \sum (x - K_c)`, ``squares[c]`` :math:`= \sum (x - K_c)^2`
     over every sample and position of channels c0 <= c < c1 (``shift`` holds :math:`K_c` in

@@ -36,7 +36,7 @@ from refnas.backend import register_kernel
 from refnas.kernels.numba_support import contiguous, same_float_dtype
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _window(o, stride, padding, kernel, size):
     """[start, stop) of the input cells under output position o, clipped to [0, size)."""
     start = o * stride - padding
@@ -51,7 +51,7 @@ def _has_nan(values):
     return found
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _max_forward_plane(plane, kh, kw, sh, sw, ph, pw, nan, y, argmax):
     """Any window, stride and padding: one (H, W) plane into (OH, OW) ``y`` and ``argmax``.
     ``nan``: whether the plane holds a NaN; without one the inner test is a single, well
@@ -73,7 +73,7 @@ def _max_forward_plane(plane, kh, kw, sh, sw, ph, pw, nan, y, argmax):
             argmax[oy, ox] = where
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _max_forward_plane_2x2(plane, y, argmax):
     """2x2 windows, stride 2, no padding, NaN-free plane. Output row ``oy`` reads input rows
     ``top`` and ``bottom``; the comparisons go in window order, strictly, so ties keep the
@@ -132,7 +132,7 @@ def _max_backward(gy, argmax, gx):
                     plane[where] += g_row[ox]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _divisor(r0, r1, c0, c1, kh, kw, count_include_pad):
     return kh * kw if count_include_pad else (r1 - r0) * (c1 - c0)
 

@@ -105,11 +105,13 @@ def _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilatio
 
 
 @given(data=st.data())
-def test_weight_gradient_on_column_masked_copies_equals_the_reference(data):
+def test_first_layers_on_column_masked_copies_equal_the_reference(data):
     """A network's first layers (few input channels, stride 1, "same" along the rows): the
-    weight gradient sweeps gy where it lies against KW column-masked copies of x, whatever
-    the kernel size, dilation and row padding, with or without the forward's kept planes,
-    padded serially or on the pool."""
+    forward writes KW column-masked copies of x and stores its blocks straight into y (the
+    last block of a plane overlapping the one before), and the weight gradient sweeps gy where
+    it lies against those copies, kept from the forward or written again, whatever the kernel
+    size, dilation and row padding, with and without a bias, the copies padded serially or on
+    the pool."""
     direct = _direct()
     kh, kw = data.draw(st.integers(1, 5), label="kh"), data.draw(st.integers(1, 5), label="kw")
     dh, dw = data.draw(st.integers(1, 2), label="dh"), data.draw(st.integers(1, 2), label="dw")
@@ -117,37 +119,48 @@ def test_weight_gradient_on_column_masked_copies_equals_the_reference(data):
         kw += 1
     padding = (data.draw(st.integers(0, dh * (kh - 1)), label="ph"), dw * (kw - 1) // 2)
     c = data.draw(st.integers(1, 3), label="c")
+    # output channels past a block of OUT_BLOCK = 4 now and then, partial blocks too
     k = kw * c + data.draw(st.integers(1, 6), label="extra k")
-    n = data.draw(st.sampled_from([1, 2]), label="n")
+    n = data.draw(st.sampled_from([1, 2, 3]), label="n")
     w_ = 8 * data.draw(st.integers(1, 3), label="w / 8")     # whole vectors of outputs
     h = max(dh * (kh - 1) + 1 - 2 * padding[0], 1) + data.draw(st.integers(0, 9), label="h")
+    oh = h + 2 * padding[0] - dh * (kh - 1)
+    if oh * w_ < direct.POS_BLOCK:           # (a block of outputs at least)
+        h, oh = h + -(-direct.POS_BLOCK // w_) - oh, -(-direct.POS_BLOCK // w_)
     if n > 1 and h * w_ <= direct.INTERLEAVE_MAX["weight_grad"]:
         n = 1                                # (small maps of several samples interleave)
     x_shape, w_shape = (n, c, h, w_), (k, c, kh, kw)
     geometry = ((1, 1), padding, (dh, dw), 1)
     assert direct._masked_copies_apply(x_shape, w_shape, *geometry[:3])
-    x = np.ascontiguousarray(normal(data, x_shape, np.float32))
-    oh = h + 2 * padding[0] - dh * (kh - 1)
+    x, w = (np.ascontiguousarray(normal(data, shape, np.float32)) for shape in (x_shape, w_shape))
+    bias = normal(data, (k,), np.float32) if data.draw(st.booleans(), label="bias") else None
     gy = np.ascontiguousarray(normal(data, (n, k, oh, w_), np.float32))
+    _, forward = numba_and_reference("conv2d_forward")
     _, reference = numba_and_reference("conv2d_weight_grad")
     want = reference(x, gy, w_shape, *geometry)
     bound = reference(np.abs(x), np.abs(gy), w_shape, *geometry)
     parallel = data.draw(st.booleans(), label="parallel pad")
     with mock.patch.object(direct, "pool_shared", lambda: parallel):
-        _, kept = direct.forward(x, np.zeros(w_shape, np.float32), None, padding, (dh, dw),
-                                 keep=True)
-        assert kept is None            # (the forward keeps no planes the sweep would not read)
+        y, kept = direct.forward(x, w, bias, padding, (dh, dw), keep=True)
+        assert isinstance(kept, direct.MaskedCopies)
+        assert_close(y, forward(x, w, *geometry, bias=bias),
+                     bound=forward(np.abs(x), np.abs(w), *geometry,
+                                   bias=None if bias is None else np.abs(bias)))
+        np.testing.assert_array_equal(y, direct.forward(x, w, bias, padding, (dh, dw)))
+        # (planes of another grid: a forward of one output channel does not take the copies)
         _, other = direct.forward(x, np.zeros((1, c, kh, kw), np.float32), None, padding,
                                   (dh, dw), keep=True)
-        for planes in (None, other):
+        assert not isinstance(other, direct.MaskedCopies)
+        for planes in (kept, None, other):
             assert_close(direct.weight_grad(x, gy, w_shape, padding, (dh, dw), kept=planes),
                          want, bound=bound)
 
 
-def test_first_layers_weight_gradients_run_on_masked_copies():
+def test_first_layers_run_on_masked_copies():
     """CNN-S's and ResNet-18's first convolutions (1 and 3 input channels, 16 outputs) take
     the masked copies; a 16 -> 16 layer, a strided one and one whose output rows are not whole
-    vectors lay gy out on x's grid instead."""
+    vectors lay gy out on x's grid instead. The weight gradient writes the copies itself, or,
+    as training runs it, takes the forward's."""
     direct = _direct()
     applies = direct._masked_copies_apply
     assert applies((64, 1, 28, 28), (16, 1, 3, 3), (1, 1), (1, 1), (1, 1))
@@ -165,9 +178,15 @@ def test_first_layers_weight_gradients_run_on_masked_copies():
                            lambda *a: calls.append(a[0].shape) or real(*a)):
         fast, reference = numba_and_reference("conv2d_weight_grad")
         geometry = ((1, 1), (1, 1), (1, 1), 1)
-        assert_close(fast(x, gy, (16, 1, 3, 3), *geometry),
-                     reference(x, gy, (16, 1, 3, 3), *geometry),
-                     bound=reference(np.abs(x), np.abs(gy), (16, 1, 3, 3), *geometry))
+        want = reference(x, gy, (16, 1, 3, 3), *geometry)
+        bound = reference(np.abs(x), np.abs(gy), (16, 1, 3, 3), *geometry)
+        assert_close(fast(x, gy, (16, 1, 3, 3), *geometry), want, bound=bound)
+        assert calls == [x.shape]
+        forward, _ = numba_and_reference("conv2d_forward")
+        _, kept = forward(x, rng.standard_normal((16, 1, 3, 3)).astype(np.float32), *geometry,
+                          keep_columns=True)
+        assert isinstance(kept, direct.MaskedCopies)
+        assert_close(fast(x, gy, (16, 1, 3, 3), *geometry, columns=kept), want, bound=bound)
     assert calls == [x.shape]
 
 
