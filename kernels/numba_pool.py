@@ -73,7 +73,7 @@ def _max_forward_plane(plane, kh, kw, sh, sw, ph, pw, nan, y, argmax):
             argmax[oy, ox] = where
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _max_forward_plane_2x2(plane, y, argmax):
     """2x2 windows, stride 2, no padding, NaN-free plane. Output row ``oy`` reads input rows
     ``top`` and ``bottom``; the comparisons go in window order, strictly, so ties keep the
