@@ -179,9 +179,10 @@ def markdown(results: dict[str, Any], command: str) -> str:
     if kernels:
         lines += ["", "| conv2d shape (forward + the gradients a training step computes, "
                   "as it runs them) | numpy GFLOP/s | "
-                  "numba GFLOP/s | PyTorch GFLOP/s | numba / matmul | PyTorch / matmul "
+                  "numba GFLOP/s | PyTorch GFLOP/s | matmul GFLOP/s around the layer "
+                  "| numba / matmul | PyTorch / matmul "
                   "| sgemm on its products alone / matmul |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name, entry in kernels["conv2d"].items():
             # a layer reading the network's input: its weight gradient only, then a row with
             # the input gradient that training skips
@@ -193,8 +194,10 @@ def markdown(results: dict[str, Any], command: str) -> str:
                 fractions = [(entry.get(who) or {}).get("fraction_of_matmul" + suffix)
                              for who in ("numba", "torch")]
                 blas = (entry.get("blas_products") or {}).get("fraction_of_matmul" + suffix)
+                around = (entry.get("matmul_gflops") or {}).get("mean")
                 lines.append(f"| {name.removeprefix('conv2d ')}{label} | "
                              + " | ".join(_number(rate, ".1f") for rate in rates) + " | "
+                             + _number(around, ".0f") + " | "
                              + " | ".join(_number(f, ".0%") for f in fractions + [blas])
                              + " |")
         lines += ["", "| memory-bound kernel | numpy GB/s | numba GB/s |", "|---|---:|---:|"]
@@ -229,8 +232,7 @@ def run(args: argparse.Namespace) -> int:
                                       args.rounds or (1 if args.quick else 3))
     if not args.no_kernels:
         from benchmarks.kernel_bench import run_kernels
-        results["kernels"] = run_kernels(results["matmul_gflops"], 5 if args.quick else 20,
-                                         args.torch_threads)
+        results["kernels"] = run_kernels(5 if args.quick else 20, args.torch_threads)
     if not args.no_compile and "numba" in backend.available():
         from benchmarks.compile_time import run_compile
         results["compile"] = run_compile(float64=not args.quick)

@@ -3,7 +3,8 @@
 The convolution shapes are read off the workload models by a forward hook on every Conv2d (one
 entry per distinct geometry), so they cannot drift from the networks. Compute-bound kernels
 (convolution) report GFLOP/s, memory-bound ones GB/s (bytes read + written once), and every
-rate is also given as a fraction of NumPy's float32 matmul GFLOP/s measured in the same run.
+convolution rate is also given as a fraction of NumPy's float32 matmul GFLOP/s, measured just
+before and just after that layer's calls in the same run (:func:`matmul_around`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import refnas
 from refnas import nn
 from refnas.backend import available, kernel
 from refnas.ops.conv import output_hw
-from benchmarks.timing import interleaved_medians
+from benchmarks.timing import interleaved_medians, matmul_gflops
 from benchmarks.workloads import WORKLOADS, refnas_model
 
 
@@ -117,13 +118,15 @@ _WITH_INPUT_GRAD = " with the input gradient"     # PyTorch's figures: name + th
 _WITH_INPUT_GRAD_KEY = "_with_input_grad"           # the JSON's keys: figure + this
 
 
-def torch_conv_seconds(repeats: int, threads: int) -> dict[str, float] | None:
+def torch_conv_seconds(repeats: int, threads: int) -> dict[str, dict[str, Any]] | None:
     """Median seconds of PyTorch's conv2d forward + backward on the same shapes, or None
     without torch: the input gradient only where a training step needs it (autograd skips it
     for an input that does not require a gradient), and for the other layers also with it
-    (under the name + _WITH_INPUT_GRAD). Run in a process of its own (see
-    ``python -m benchmarks.kernel_bench``): PyTorch's OpenMP threads and BLAS's spin against
-    each other when both live in one process on two cores."""
+    (under the name + _WITH_INPUT_GRAD); each with NumPy's matmul rate measured around the
+    shape's calls (:func:`matmul_around`), under "seconds" and "matmul_gflops". Run in a
+    process of its own (see ``python -m benchmarks.kernel_bench``): PyTorch's OpenMP threads
+    and BLAS's spin against each other when both live in one process on two cores (the
+    matmul runs after PyTorch's calls, not beside them)."""
     try:
         import torch
     except ImportError:
@@ -147,14 +150,36 @@ def torch_conv_seconds(repeats: int, threads: int) -> dict[str, float] | None:
             name = _conv_name(workload, shape)
             # suffix -> whether x requires a gradient
             variants = {"": True} if shape["input_grad"] else {"": False, _WITH_INPUT_GRAD: True}
+            calls[name] = {}
             for suffix, needs in variants.items():
                 x = torch.from_numpy(x_data.copy()).requires_grad_(needs)
-                calls[name + suffix] = lambda step=step, x=x: step(x)
-    return {name: interleaved_medians({name: call}, repeats)[name]
-            for name, call in calls.items()}
+                calls[name][name + suffix] = lambda step=step, x=x: step(x)
+    timed: dict[str, Any] = {}
+    for name, variants in calls.items():
+        seconds, around = matmul_around(lambda: {variant: interleaved_medians(
+            {variant: call}, repeats)[variant] for variant, call in variants.items()})
+        for variant, value in seconds.items():
+            timed[variant] = {"seconds": value, "matmul_gflops": around}
+    return timed
 
 
-def _torch_conv_child(repeats: int, threads: int) -> dict[str, float] | None:
+# matmuls timed just before and just after a layer's calls (each ~12 ms at 1024^2)
+MATMUL_REPEATS = 5
+
+
+def matmul_around(measure: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+    """``measure()``, and NumPy's float32 1024^2 matmul GFLOP/s just before and just after it,
+    and their mean: the rate that a layer's figures are given as a fraction of. The machine's
+    speed drifts over minutes (the run's first and last matmul have differed by 20%); a rate
+    measured around each layer's own calls tracks that, where the run's first one, taken
+    minutes before the convolutions, does not."""
+    before = matmul_gflops(repeats=MATMUL_REPEATS)
+    result = measure()
+    after = matmul_gflops(repeats=MATMUL_REPEATS)
+    return result, {"before": before, "after": after, "mean": (before + after) / 2}
+
+
+def _torch_conv_child(repeats: int, threads: int) -> dict[str, dict[str, Any]] | None:
     command = [sys.executable, "-m", "benchmarks.kernel_bench", str(repeats), str(threads)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=1800)
@@ -166,22 +191,23 @@ def _torch_conv_child(repeats: int, threads: int) -> dict[str, float] | None:
 def _training_figures(figures: dict[str, Any], passes: int, flops: int, seconds: float,
                       matmul: float, suffix: str = "") -> None:
     """Put the rate of ``passes`` convolution-sized passes done in ``seconds`` into
-    ``figures``: GFLOP/s under gflops["forward_backward" + suffix], the fraction of the run's
-    matmul rate under "fraction_of_matmul" + suffix."""
+    ``figures``: GFLOP/s under gflops["forward_backward" + suffix], the fraction of the matmul
+    rate ``matmul`` (measured around the layer's calls) under "fraction_of_matmul" + suffix."""
     rate = passes * flops / seconds / 1e9
     figures.setdefault("gflops", {})["forward_backward" + suffix] = rate
     figures["fraction_of_matmul" + suffix] = rate / matmul
 
 
-def conv_benchmarks(backends: list[str], matmul: float, repeats: int,
-                    torch_threads: int = 2) -> dict[str, Any]:
+def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2) -> dict[str, Any]:
     """GFLOP/s of conv2d forward, input and weight gradient each alone, and of the passes a
     training step runs (the forward keeping its planes or columns for ``conv2d_backward``,
     or, for a layer that reads the network's input, for the weight gradient alone; such a
     layer also gets the figure with its input gradient, "..._with_input_grad"); and of
     PyTorch's forward + backward on the same shapes (null without torch); and of the same
     products as plain sgemm calls on operands laid out beforehand ("blas_products", see
-    :func:`_blas_products`)."""
+    :func:`_blas_products`). Each layer's rates are also given as fractions of the matmul
+    rate measured around its own calls (its "matmul_gflops"; PyTorch's, in its process,
+    around PyTorch's calls: :func:`matmul_around`)."""
     rng = np.random.default_rng(0)
     results: dict[str, Any] = {}
     torch_seconds = _torch_conv_child(repeats, torch_threads) or {}
@@ -191,8 +217,12 @@ def conv_benchmarks(backends: list[str], matmul: float, repeats: int,
             entry: dict[str, Any] = {"count_in_model": shape["count"],
                                      "input_grad_in_training": shape["input_grad"]}
             flops, passes = _shape_flops(shape), _passes(shape)
-            for backend in backends:
-                seconds = interleaved_medians(_conv_case(shape, backend, rng), repeats)
+            (per_backend, products), entry["matmul_gflops"] = matmul_around(lambda: (
+                {backend: interleaved_medians(_conv_case(shape, backend, rng), repeats)
+                 for backend in backends},
+                interleaved_medians(_blas_products(shape, rng), repeats)))
+            matmul = entry["matmul_gflops"]["mean"]
+            for backend, seconds in per_backend.items():
                 figures = {"gflops": {part: flops / s / 1e9 for part, s in seconds.items()
                                       if not part.startswith("training")},
                            "ms": {part: s * 1e3 for part, s in seconds.items()}}
@@ -204,7 +234,7 @@ def conv_benchmarks(backends: list[str], matmul: float, repeats: int,
                 entry[backend] = figures
             # the same products as plain sgemm calls (the input gradient's where training
             # computes it), for scale
-            seconds = interleaved_medians(_blas_products(shape, rng), repeats)
+            seconds = products
             figures = {"ms": {part: s * 1e3 for part, s in seconds.items()}}
             _training_figures(figures, passes, flops, seconds["forward"] + seconds["weight_grad"]
                               + (seconds["input_grad"] if shape["input_grad"] else 0.0), matmul)
@@ -213,14 +243,18 @@ def conv_benchmarks(backends: list[str], matmul: float, repeats: int,
                                   _WITH_INPUT_GRAD_KEY)
             entry["blas_products"] = figures
             entry["torch"] = None
-            seconds = torch_seconds.get(name)
-            if seconds:
-                figures = entry["torch"] = {"ms": {"forward_backward": seconds * 1e3}}
-                _training_figures(figures, passes, flops, seconds, matmul)
-                seconds = torch_seconds.get(name + _WITH_INPUT_GRAD)
-                if seconds:
-                    _training_figures(figures, 3, flops, seconds, matmul, _WITH_INPUT_GRAD_KEY)
-                    figures["ms"]["forward_backward" + _WITH_INPUT_GRAD_KEY] = seconds * 1e3
+            timed = torch_seconds.get(name)
+            if timed:
+                around = timed["matmul_gflops"]
+                figures = entry["torch"] = {"ms": {"forward_backward": timed["seconds"] * 1e3},
+                                            "matmul_gflops": around}
+                _training_figures(figures, passes, flops, timed["seconds"], around["mean"])
+                timed = torch_seconds.get(name + _WITH_INPUT_GRAD)
+                if timed:
+                    _training_figures(figures, 3, flops, timed["seconds"], around["mean"],
+                                      _WITH_INPUT_GRAD_KEY)
+                    figures["ms"]["forward_backward" + _WITH_INPUT_GRAD_KEY] = \
+                        timed["seconds"] * 1e3
             results[name] = entry
     return results
 
@@ -266,7 +300,7 @@ def _memory_cases(rng) -> dict[str, tuple[Callable[[str], Callable], int]]:
     }
 
 
-def memory_benchmarks(backends: list[str], matmul: float, repeats: int) -> dict[str, Any]:
+def memory_benchmarks(backends: list[str], repeats: int) -> dict[str, Any]:
     """GB/s of the memory-bound kernels."""
     rng = np.random.default_rng(1)
     results: dict[str, Any] = {}
@@ -276,10 +310,10 @@ def memory_benchmarks(backends: list[str], matmul: float, repeats: int) -> dict[
     return results
 
 
-def run_kernels(matmul: float, repeats: int, torch_threads: int = 2) -> dict[str, Any]:
+def run_kernels(repeats: int, torch_threads: int = 2) -> dict[str, Any]:
     backends = [b for b in ("numpy", "numba") if b in available()]
-    return {"conv2d": conv_benchmarks(backends, matmul, repeats, torch_threads),
-            "memory": memory_benchmarks(backends, matmul, repeats)}
+    return {"conv2d": conv_benchmarks(backends, repeats, torch_threads),
+            "memory": memory_benchmarks(backends, repeats)}
 
 
 if __name__ == "__main__":   # python -m benchmarks.kernel_bench REPEATS TORCH_THREADS

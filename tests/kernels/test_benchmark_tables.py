@@ -47,6 +47,7 @@ def test_a_layer_reading_the_network_input_gets_a_row_with_and_without_its_input
     conv = {
         "conv2d cnn-s x[64, 1, 28, 28] w[16, 1, 3, 3] s1 p1": {
             "input_grad_in_training": False,
+            "matmul_gflops": {"before": 170.0, "after": 190.0, "mean": 180.0},
             "numba": {"gflops": {"forward_backward": 60.0,
                                  "forward_backward_with_input_grad": 45.0},
                       "fraction_of_matmul": 60.0 / 180.0,
@@ -70,11 +71,13 @@ def test_a_layer_reading_the_network_input_gets_a_row_with_and_without_its_input
         "cnn-s x[64, 1, 28, 28] w[16, 1, 3, 3] s1 p1 with its input gradient",
         "cnn-s x[64, 16, 14, 14] w[32, 16, 3, 3] s1 p1"]
     assert [row[2] for row in cells] == ["60.0", "45.0", "120.0"]
-    assert [row[4] for row in cells] == [f"{60 / 180:.0%}", f"{45 / 180:.0%}", f"{120 / 180:.0%}"]
-    assert [row[5] for row in cells] == ["—", "—", f"{90 / 180:.0%}"]
+    # the matmul rate measured around the layer's calls (not recorded for the last one)
+    assert [row[4] for row in cells] == ["180", "180", "—"]
+    assert [row[5] for row in cells] == [f"{60 / 180:.0%}", f"{45 / 180:.0%}", f"{120 / 180:.0%}"]
+    assert [row[6] for row in cells] == ["—", "—", f"{90 / 180:.0%}"]
     # sgemm on the layer's products alone, for the same passes as the row (none measured for
     # the last layer)
-    assert [row[6] for row in cells] == [f"{54 / 180:.0%}", f"{50 / 180:.0%}", "—"]
+    assert [row[7] for row in cells] == [f"{54 / 180:.0%}", f"{50 / 180:.0%}", "—"]
 
 
 def test_only_the_layers_reading_the_network_input_skip_the_input_gradient():
@@ -103,3 +106,37 @@ def test_the_sgemm_reference_computes_the_layers_three_products():
         products = _blas_products(shape, rng)
         assert [products[part]().shape for part in ("forward", "input_grad", "weight_grad")] \
             == [(k, p), (d, p), (k, d)]
+
+
+def test_a_layers_fractions_are_of_the_matmul_rate_measured_around_its_calls(monkeypatch):
+    """The matmul is timed just before and just after a layer's calls (all backends and the
+    sgemm reference), and the layer's fractions are of the mean of the two, not of a rate
+    taken minutes earlier."""
+    from benchmarks import kernel_bench
+    order = []
+    rates = iter([150.0, 210.0])
+
+    def matmul_gflops(repeats):
+        order.append("matmul")
+        return next(rates)
+
+    def products(shape, rng):
+        order.append("layer")
+        return real_products(shape, rng)
+
+    real_products = kernel_bench._blas_products
+    small = {"x": (2, 3, 8, 8), "w": (4, 3, 3, 3), "stride": (1, 1), "padding": (1, 1),
+             "input_grad": True, "count": 1}
+    monkeypatch.setattr(kernel_bench, "matmul_gflops", matmul_gflops)
+    monkeypatch.setattr(kernel_bench, "_blas_products", products)
+    monkeypatch.setattr(kernel_bench, "_torch_conv_child", lambda repeats, threads: None)
+    monkeypatch.setattr(kernel_bench, "conv_shapes",
+                        lambda workload: [small] if workload == "cnn-s" else [])
+    results = kernel_bench.conv_benchmarks(["numpy"], repeats=1)
+    assert order == ["matmul", "layer", "matmul"]
+    (entry,) = results.values()
+    assert entry["matmul_gflops"] == {"before": 150.0, "after": 210.0, "mean": 180.0}
+    rate = entry["numpy"]["gflops"]["forward_backward"]
+    assert entry["numpy"]["fraction_of_matmul"] == rate / 180.0
+    assert entry["blas_products"]["fraction_of_matmul"] == \
+        entry["blas_products"]["gflops"]["forward_backward"] / 180.0
