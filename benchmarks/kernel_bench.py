@@ -3,8 +3,8 @@
 The convolution shapes are read off the workload models by a forward hook on every Conv2d (one
 entry per distinct geometry), so they cannot drift from the networks. Compute-bound kernels
 (convolution) report GFLOP/s, memory-bound ones GB/s (bytes read + written once), and every
-convolution rate is also given as a fraction of NumPy's float32 matmul GFLOP/s, measured just
-before and just after that layer's calls in the same run (:func:`matmul_around`).
+convolution rate is also given as a fraction of NumPy's float32 matmul GFLOP/s, timed in the
+same rounds as that layer's calls (:func:`beside_matmul`).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -20,7 +21,7 @@ import refnas
 from refnas import nn
 from refnas.backend import available, kernel
 from refnas.ops.conv import output_hw
-from benchmarks.timing import interleaved_medians, matmul_gflops
+from benchmarks.timing import interleaved_medians, matmul_call, matmul_gflops, matmul_rate
 from benchmarks.workloads import WORKLOADS, refnas_model
 
 
@@ -122,11 +123,11 @@ def torch_conv_seconds(repeats: int, threads: int) -> dict[str, dict[str, Any]] 
     """Median seconds of PyTorch's conv2d forward + backward on the same shapes, or None
     without torch: the input gradient only where a training step needs it (autograd skips it
     for an input that does not require a gradient), and for the other layers also with it
-    (under the name + _WITH_INPUT_GRAD); each with NumPy's matmul rate measured around the
-    shape's calls (:func:`matmul_around`), under "seconds" and "matmul_gflops". Run in a
-    process of its own (see ``python -m benchmarks.kernel_bench``): PyTorch's OpenMP threads
-    and BLAS's spin against each other when both live in one process on two cores (the
-    matmul runs after PyTorch's calls, not beside them)."""
+    (under the name + _WITH_INPUT_GRAD); each under "seconds", with NumPy's matmul rate
+    timed just before and just after the layer's calls under "matmul_gflops"
+    (:func:`_matmul_around`). Run in a process of its own (see
+    ``python -m benchmarks.kernel_bench``): PyTorch's OpenMP threads and BLAS's spin against
+    each other in one process on two cores."""
     try:
         import torch
     except ImportError:
@@ -156,27 +157,36 @@ def torch_conv_seconds(repeats: int, threads: int) -> dict[str, dict[str, Any]] 
                 calls[name][name + suffix] = lambda step=step, x=x: step(x)
     timed: dict[str, Any] = {}
     for name, variants in calls.items():
-        seconds, around = matmul_around(lambda: {variant: interleaved_medians(
+        seconds, matmul = _matmul_around(lambda: {variant: interleaved_medians(
             {variant: call}, repeats)[variant] for variant, call in variants.items()})
         for variant, value in seconds.items():
-            timed[variant] = {"seconds": value, "matmul_gflops": around}
+            timed[variant] = {"seconds": value, "matmul_gflops": matmul}
     return timed
 
 
-# matmuls timed just before and just after a layer's calls (each ~12 ms at 1024^2)
-MATMUL_REPEATS = 5
-
-
-def matmul_around(measure: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
-    """``measure()``, and NumPy's float32 1024^2 matmul GFLOP/s just before and just after it,
-    and their mean: the rate that a layer's figures are given as a fraction of. The machine's
-    speed drifts over minutes (the run's first and last matmul have differed by 20%); a rate
-    measured around each layer's own calls tracks that, where the run's first one, taken
-    minutes before the convolutions, does not."""
-    before = matmul_gflops(repeats=MATMUL_REPEATS)
+def _matmul_around(measure: Callable[[], Any], settle_s: float = 0.02) -> tuple[Any, float]:
+    """``measure()``, and the mean of NumPy's matmul GFLOP/s timed just before and just after
+    it, each after ``settle_s`` of sleep: PyTorch's OpenMP threads spin for milliseconds after
+    its calls, and a matmul timed in their wake ran at 97 GFLOP/s, 173 after 20 ms."""
+    time.sleep(settle_s)
+    before = matmul_gflops(repeats=10)
     result = measure()
-    after = matmul_gflops(repeats=MATMUL_REPEATS)
-    return result, {"before": before, "after": after, "mean": (before + after) / 2}
+    time.sleep(settle_s)
+    return result, (before + matmul_gflops(repeats=10)) / 2
+
+
+_MATMUL = " matmul"       # the reference's name among a layer's calls (no call is named so)
+
+
+def beside_matmul(calls: dict[str, Callable], repeats: int) -> tuple[dict[str, float], float]:
+    """Median seconds of ``calls``, interleaved round by round with NumPy's float32 1024^2
+    matmul, and the matmul's GFLOP/s from those same rounds: the rate the layer's figures are
+    given as fractions of. The machine's speed drifts over minutes (the run's first and last
+    matmul have differed by 20%, and a matmul timed just before and after a layer has read
+    half the rate its calls saw); timed in the same rounds, the two meet the same machine.
+    (PyTorch's calls, in a process of their own, get theirs from :func:`_matmul_around`.)"""
+    seconds = interleaved_medians({**calls, _MATMUL: matmul_call()}, repeats)
+    return seconds, matmul_rate(seconds.pop(_MATMUL))
 
 
 def _torch_conv_child(repeats: int, threads: int) -> dict[str, dict[str, Any]] | None:
@@ -192,7 +202,7 @@ def _training_figures(figures: dict[str, Any], passes: int, flops: int, seconds:
                       matmul: float, suffix: str = "") -> None:
     """Put the rate of ``passes`` convolution-sized passes done in ``seconds`` into
     ``figures``: GFLOP/s under gflops["forward_backward" + suffix], the fraction of the matmul
-    rate ``matmul`` (measured around the layer's calls) under "fraction_of_matmul" + suffix."""
+    rate ``matmul`` (timed beside the calls) under "fraction_of_matmul" + suffix."""
     rate = passes * flops / seconds / 1e9
     figures.setdefault("gflops", {})["forward_backward" + suffix] = rate
     figures["fraction_of_matmul" + suffix] = rate / matmul
@@ -205,9 +215,9 @@ def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2) -
     layer also gets the figure with its input gradient, "..._with_input_grad"); and of
     PyTorch's forward + backward on the same shapes (null without torch); and of the same
     products as plain sgemm calls on operands laid out beforehand ("blas_products", see
-    :func:`_blas_products`). Each layer's rates are also given as fractions of the matmul
-    rate measured around its own calls (its "matmul_gflops"; PyTorch's, in its process,
-    around PyTorch's calls: :func:`matmul_around`)."""
+    :func:`_blas_products`). Each contender's rates are also given as fractions of the
+    matmul rate timed in the same rounds as its calls (its "matmul_gflops", see
+    :func:`beside_matmul`; PyTorch's, in its own process, just before and after its calls)."""
     rng = np.random.default_rng(0)
     results: dict[str, Any] = {}
     torch_seconds = _torch_conv_child(repeats, torch_threads) or {}
@@ -217,15 +227,12 @@ def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2) -
             entry: dict[str, Any] = {"count_in_model": shape["count"],
                                      "input_grad_in_training": shape["input_grad"]}
             flops, passes = _shape_flops(shape), _passes(shape)
-            (per_backend, products), entry["matmul_gflops"] = matmul_around(lambda: (
-                {backend: interleaved_medians(_conv_case(shape, backend, rng), repeats)
-                 for backend in backends},
-                interleaved_medians(_blas_products(shape, rng), repeats)))
-            matmul = entry["matmul_gflops"]["mean"]
-            for backend, seconds in per_backend.items():
+            for backend in backends:
+                seconds, matmul = beside_matmul(_conv_case(shape, backend, rng), repeats)
                 figures = {"gflops": {part: flops / s / 1e9 for part, s in seconds.items()
                                       if not part.startswith("training")},
-                           "ms": {part: s * 1e3 for part, s in seconds.items()}}
+                           "ms": {part: s * 1e3 for part, s in seconds.items()},
+                           "matmul_gflops": matmul}
                 # the passes as a training step runs them (what PyTorch's figure times)
                 _training_figures(figures, passes, flops, seconds["training"], matmul)
                 if "training_with_input_grad" in seconds:
@@ -234,8 +241,9 @@ def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2) -
                 entry[backend] = figures
             # the same products as plain sgemm calls (the input gradient's where training
             # computes it), for scale
-            seconds = products
-            figures = {"ms": {part: s * 1e3 for part, s in seconds.items()}}
+            seconds, matmul = beside_matmul(_blas_products(shape, rng), repeats)
+            figures = {"ms": {part: s * 1e3 for part, s in seconds.items()},
+                       "matmul_gflops": matmul}
             _training_figures(figures, passes, flops, seconds["forward"] + seconds["weight_grad"]
                               + (seconds["input_grad"] if shape["input_grad"] else 0.0), matmul)
             if not shape["input_grad"]:
@@ -245,14 +253,15 @@ def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2) -
             entry["torch"] = None
             timed = torch_seconds.get(name)
             if timed:
-                around = timed["matmul_gflops"]
                 figures = entry["torch"] = {"ms": {"forward_backward": timed["seconds"] * 1e3},
-                                            "matmul_gflops": around}
-                _training_figures(figures, passes, flops, timed["seconds"], around["mean"])
+                                            "matmul_gflops": timed["matmul_gflops"]}
+                _training_figures(figures, passes, flops, timed["seconds"],
+                                  timed["matmul_gflops"])
                 timed = torch_seconds.get(name + _WITH_INPUT_GRAD)
                 if timed:
-                    _training_figures(figures, 3, flops, timed["seconds"], around["mean"],
-                                      _WITH_INPUT_GRAD_KEY)
+                    _training_figures(figures, 3, flops, timed["seconds"],
+                                      timed["matmul_gflops"], _WITH_INPUT_GRAD_KEY)
+                    figures["matmul_gflops" + _WITH_INPUT_GRAD_KEY] = timed["matmul_gflops"]
                     figures["ms"]["forward_backward" + _WITH_INPUT_GRAD_KEY] = \
                         timed["seconds"] * 1e3
             results[name] = entry
