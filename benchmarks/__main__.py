@@ -179,7 +179,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
     if kernels:
         lines += ["", "| conv2d shape (forward + the gradients a training step computes, "
                   "as it runs them) | numpy GFLOP/s | "
-                  "numba GFLOP/s | PyTorch GFLOP/s | matmul GFLOP/s beside numba's calls "
+                  "numba GFLOP/s | PyTorch GFLOP/s | matmul GFLOP/s around the layer "
                   "| numba / matmul | PyTorch / matmul "
                   "| sgemm on its products alone / matmul |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -194,7 +194,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
                 fractions = [(entry.get(who) or {}).get("fraction_of_matmul" + suffix)
                              for who in ("numba", "torch")]
                 blas = (entry.get("blas_products") or {}).get("fraction_of_matmul" + suffix)
-                around = (entry.get("numba") or {}).get("matmul_gflops")
+                around = entry.get("matmul_gflops")
                 lines.append(f"| {name.removeprefix('conv2d ')}{label} | "
                              + " | ".join(_number(rate, ".1f") for rate in rates) + " | "
                              + _number(around, ".0f") + " | "

@@ -3,8 +3,8 @@
 The convolution shapes are read off the workload models by a forward hook on every Conv2d (one
 entry per distinct geometry), so they cannot drift from the networks. Compute-bound kernels
 (convolution) report GFLOP/s, memory-bound ones GB/s (bytes read + written once), and every
-convolution rate is also given as a fraction of NumPy's float32 matmul GFLOP/s, timed in the
-same rounds as that layer's calls (:func:`beside_matmul`).
+convolution rate is also given as a fraction of NumPy's float32 matmul GFLOP/s, timed just
+before and just after that layer's calls in the same run (:func:`_matmul_around`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import refnas
 from refnas import nn
 from refnas.backend import available, kernel
 from refnas.ops.conv import output_hw
-from benchmarks.timing import interleaved_medians, matmul_call, matmul_gflops, matmul_rate
+from benchmarks.timing import interleaved_medians, matmul_gflops
 from benchmarks.workloads import WORKLOADS, refnas_model
 
 
@@ -165,28 +165,20 @@ def torch_conv_seconds(repeats: int, threads: int) -> dict[str, dict[str, Any]] 
 
 
 def _matmul_around(measure: Callable[[], Any], settle_s: float = 0.02) -> tuple[Any, float]:
-    """``measure()``, and the mean of NumPy's matmul GFLOP/s timed just before and just after
-    it, each after ``settle_s`` of sleep: PyTorch's OpenMP threads spin for milliseconds after
-    its calls, and a matmul timed in their wake ran at 97 GFLOP/s, 173 after 20 ms."""
+    """``measure()``, and the mean of NumPy's float32 1024^2 matmul GFLOP/s timed just before
+    and just after it: the rate a layer's figures are given as fractions of. The machine's
+    speed drifts over minutes (the run's first and last matmul have differed by 20%); a rate
+    timed around each layer's own calls follows it. (Timed *in* the layer's interleaved
+    rounds instead, the matmul's 12 MB evicted what the small layers' next calls needed:
+    the first shortcut 30% instead of 43-48%, its plain-sgemm reference 29% instead of ~50%.)
+    Each matmul comes after ``settle_s`` of sleep: PyTorch's OpenMP threads spin for
+    milliseconds after its calls, and a matmul timed in their wake ran at 97 GFLOP/s, 173
+    after 20 ms."""
     time.sleep(settle_s)
     before = matmul_gflops(repeats=10)
     result = measure()
     time.sleep(settle_s)
     return result, (before + matmul_gflops(repeats=10)) / 2
-
-
-_MATMUL = " matmul"       # the reference's name among a layer's calls (no call is named so)
-
-
-def beside_matmul(calls: dict[str, Callable], repeats: int) -> tuple[dict[str, float], float]:
-    """Median seconds of ``calls``, interleaved round by round with NumPy's float32 1024^2
-    matmul, and the matmul's GFLOP/s from those same rounds: the rate the layer's figures are
-    given as fractions of. The machine's speed drifts over minutes (the run's first and last
-    matmul have differed by 20%, and a matmul timed just before and after a layer has read
-    half the rate its calls saw); timed in the same rounds, the two meet the same machine.
-    (PyTorch's calls, in a process of their own, get theirs from :func:`_matmul_around`.)"""
-    seconds = interleaved_medians({**calls, _MATMUL: matmul_call()}, repeats)
-    return seconds, matmul_rate(seconds.pop(_MATMUL))
 
 
 def _torch_conv_child(repeats: int, threads: int) -> dict[str, dict[str, Any]] | None:
@@ -202,7 +194,7 @@ def _training_figures(figures: dict[str, Any], passes: int, flops: int, seconds:
                       matmul: float, suffix: str = "") -> None:
     """Put the rate of ``passes`` convolution-sized passes done in ``seconds`` into
     ``figures``: GFLOP/s under gflops["forward_backward" + suffix], the fraction of the matmul
-    rate ``matmul`` (timed beside the calls) under "fraction_of_matmul" + suffix."""
+    rate ``matmul`` (timed around the layer's calls) under "fraction_of_matmul" + suffix."""
     rate = passes * flops / seconds / 1e9
     figures.setdefault("gflops", {})["forward_backward" + suffix] = rate
     figures["fraction_of_matmul" + suffix] = rate / matmul
@@ -215,9 +207,9 @@ def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2) -
     layer also gets the figure with its input gradient, "..._with_input_grad"); and of
     PyTorch's forward + backward on the same shapes (null without torch); and of the same
     products as plain sgemm calls on operands laid out beforehand ("blas_products", see
-    :func:`_blas_products`). Each contender's rates are also given as fractions of the
-    matmul rate timed in the same rounds as its calls (its "matmul_gflops", see
-    :func:`beside_matmul`; PyTorch's, in its own process, just before and after its calls)."""
+    :func:`_blas_products`). Each layer's rates are also given as fractions of the matmul
+    rate timed just before and after its calls (its "matmul_gflops"; PyTorch's, in its own
+    process, around PyTorch's calls: :func:`_matmul_around`)."""
     rng = np.random.default_rng(0)
     results: dict[str, Any] = {}
     torch_seconds = _torch_conv_child(repeats, torch_threads) or {}
@@ -227,12 +219,15 @@ def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2) -
             entry: dict[str, Any] = {"count_in_model": shape["count"],
                                      "input_grad_in_training": shape["input_grad"]}
             flops, passes = _shape_flops(shape), _passes(shape)
-            for backend in backends:
-                seconds, matmul = beside_matmul(_conv_case(shape, backend, rng), repeats)
+            (per_backend, products), matmul = _matmul_around(lambda: (
+                {backend: interleaved_medians(_conv_case(shape, backend, rng), repeats)
+                 for backend in backends},
+                interleaved_medians(_blas_products(shape, rng), repeats)))
+            entry["matmul_gflops"] = matmul
+            for backend, seconds in per_backend.items():
                 figures = {"gflops": {part: flops / s / 1e9 for part, s in seconds.items()
                                       if not part.startswith("training")},
-                           "ms": {part: s * 1e3 for part, s in seconds.items()},
-                           "matmul_gflops": matmul}
+                           "ms": {part: s * 1e3 for part, s in seconds.items()}}
                 # the passes as a training step runs them (what PyTorch's figure times)
                 _training_figures(figures, passes, flops, seconds["training"], matmul)
                 if "training_with_input_grad" in seconds:
@@ -241,9 +236,8 @@ def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2) -
                 entry[backend] = figures
             # the same products as plain sgemm calls (the input gradient's where training
             # computes it), for scale
-            seconds, matmul = beside_matmul(_blas_products(shape, rng), repeats)
-            figures = {"ms": {part: s * 1e3 for part, s in seconds.items()},
-                       "matmul_gflops": matmul}
+            seconds = products
+            figures = {"ms": {part: s * 1e3 for part, s in seconds.items()}}
             _training_figures(figures, passes, flops, seconds["forward"] + seconds["weight_grad"]
                               + (seconds["input_grad"] if shape["input_grad"] else 0.0), matmul)
             if not shape["input_grad"]:

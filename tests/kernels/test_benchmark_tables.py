@@ -49,7 +49,8 @@ def test_a_layer_reading_the_network_input_gets_a_row_with_and_without_its_input
     conv = {
         "conv2d cnn-s x[64, 1, 28, 28] w[16, 1, 3, 3] s1 p1": {
             "input_grad_in_training": False,
-            "numba": {"matmul_gflops": 180.0, "gflops": {"forward_backward": 60.0,
+            "matmul_gflops": 180.0,
+            "numba": {"gflops": {"forward_backward": 60.0,
                                  "forward_backward_with_input_grad": 45.0},
                       "fraction_of_matmul": 60.0 / 180.0,
                       "fraction_of_matmul_with_input_grad": 45.0 / 180.0},
@@ -72,7 +73,7 @@ def test_a_layer_reading_the_network_input_gets_a_row_with_and_without_its_input
         "cnn-s x[64, 1, 28, 28] w[16, 1, 3, 3] s1 p1 with its input gradient",
         "cnn-s x[64, 16, 14, 14] w[32, 16, 3, 3] s1 p1"]
     assert [row[2] for row in cells] == ["60.0", "45.0", "120.0"]
-    # the matmul rate timed beside numba's calls (not recorded for the last layer)
+    # the matmul rate timed around the layer's calls (not recorded for the last layer)
     assert [row[4] for row in cells] == ["180", "180", "—"]
     assert [row[5] for row in cells] == [f"{60 / 180:.0%}", f"{45 / 180:.0%}", f"{120 / 180:.0%}"]
     assert [row[6] for row in cells] == ["—", "—", f"{90 / 180:.0%}"]
@@ -109,35 +110,37 @@ def test_the_sgemm_reference_computes_the_layers_three_products():
             == [(k, p), (d, p), (k, d)]
 
 
-def test_a_layers_fractions_are_of_the_matmul_rate_timed_beside_its_calls(monkeypatch):
-    """Each contender's calls for a layer (a backend's, the sgemm reference's) are timed in
-    the same rounds as NumPy's reference matmul, and its fractions are of that matmul's rate,
-    not of one taken minutes earlier."""
-    from benchmarks import kernel_bench, timing
-    contenders = []
-    matmul_seconds = iter([2.0 * timing.MATMUL_N ** 3 / 150e9, 2.0 * timing.MATMUL_N ** 3 / 210e9])
+def test_a_layers_fractions_are_of_the_matmul_rate_timed_around_its_calls(monkeypatch):
+    """The reference matmul is timed just before and just after a layer's calls (every
+    backend's and the sgemm reference's), and the layer's fractions are of the mean of the
+    two, not of a rate taken minutes earlier."""
+    from benchmarks import kernel_bench
+    order = []
+    rates = iter([150.0, 210.0])
 
-    def interleaved_medians(functions, repeats):
-        contenders.append(sorted(functions))
-        return {name: next(matmul_seconds) if name == kernel_bench._MATMUL else 1e-3
-                for name in functions}
+    def matmul_gflops(repeats):
+        order.append("matmul")
+        return next(rates)
 
+    def products(shape, rng):
+        order.append("layer")
+        return real_products(shape, rng)
+
+    real_products = kernel_bench._blas_products
     small = {"x": (2, 3, 8, 8), "w": (4, 3, 3, 3), "stride": (1, 1), "padding": (1, 1),
              "input_grad": True, "count": 1}
-    monkeypatch.setattr(kernel_bench, "interleaved_medians", interleaved_medians)
+    monkeypatch.setattr(kernel_bench.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(kernel_bench, "matmul_gflops", matmul_gflops)
+    monkeypatch.setattr(kernel_bench, "_blas_products", products)
     monkeypatch.setattr(kernel_bench, "_torch_conv_child", lambda repeats, threads: None)
     monkeypatch.setattr(kernel_bench, "conv_shapes",
                         lambda workload: [small] if workload == "cnn-s" else [])
-    (entry,) = kernel_bench.conv_benchmarks(["numba"], repeats=1).values()
-    assert contenders == [sorted(["forward", "input_grad", "weight_grad", "training",
-                                  kernel_bench._MATMUL]),
-                          sorted(["forward", "input_grad", "weight_grad", kernel_bench._MATMUL])]
-    flops = kernel_bench._shape_flops(small)
-    # numba's training call (3 passes) took 1 ms; the sgemm reference's three products 1 ms each
-    for who, seconds, rate in (("numba", 1e-3, 150.0), ("blas_products", 3e-3, 210.0)):
-        assert entry[who]["matmul_gflops"] == pytest.approx(rate)
-        assert entry[who]["fraction_of_matmul"] == \
-            pytest.approx(3 * flops / seconds / 1e9 / rate)
+    (entry,) = kernel_bench.conv_benchmarks(["numpy"], repeats=1).values()
+    assert order == ["matmul", "layer", "matmul"]
+    assert entry["matmul_gflops"] == 180.0
+    for who in ("numpy", "blas_products"):
+        assert entry[who]["fraction_of_matmul"] == pytest.approx(
+            entry[who]["gflops"]["forward_backward"] / 180.0)
 
 
 def test_pytorchs_matmul_rate_is_timed_around_its_calls_after_its_threads_settle(monkeypatch):
