@@ -1,7 +1,6 @@
 """Timing helpers shared by the benchmarks: interleaved medians and the machine's matmul rate."""
 from __future__ import annotations
 
-import functools
 import os
 import statistics
 import time
@@ -33,26 +32,13 @@ def interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-MATMUL_N = 1024     # the reference product: float32 MATMUL_N x MATMUL_N @ MATMUL_N x MATMUL_N
-
-
-@functools.lru_cache(maxsize=1)
-def matmul_call() -> Callable[[], object]:
-    """NumPy's float32 reference product on fixed random operands (made once per process)."""
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """float32 ``n x n @ n x n`` GFLOP/s of NumPy's BLAS (median of ``repeats``)."""
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
-    b = rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
-    return lambda: a @ b
-
-
-def matmul_rate(seconds: float) -> float:
-    """GFLOP/s of the reference product done in ``seconds``."""
-    return 2.0 * MATMUL_N ** 3 / seconds / 1e9
-
-
-def matmul_gflops(repeats: int = 10) -> float:
-    """GFLOP/s of NumPy's float32 reference product (median of ``repeats``)."""
-    return matmul_rate(interleaved_medians({"matmul": matmul_call()}, repeats)["matmul"])
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    seconds = interleaved_medians({"matmul": lambda: a @ b}, repeats)["matmul"]
+    return 2.0 * n ** 3 / seconds / 1e9
 
 
 def machine() -> dict[str, object]:
