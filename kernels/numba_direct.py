@@ -239,7 +239,7 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
     whose rows have y's own pitch W: there are no padding columns to drop, and the blocks are
     stored straight into y (+ b), the last block of a plane overlapping the one before. On
     CNN-S's first layer (one input channel: nine taps per block) the copy out of the grid had
-    taken as long as the arithmetic; 0.21 -> 0.16 ms.
+    taken as long as the arithmetic; 0.20 -> 0.17-0.18 ms.
 
     ``place`` holds one row of _PLACE values per *part* of the output channels (one part for a
     convolution; one per phase for :func:`_input_grad_by_phases`): its channels
@@ -506,10 +506,16 @@ def _launch(job_, serial, a, b, c, d, e, ints, place, dims, n_tasks):
         launch(job_, n_tasks, block)
 
 
+def _job_dims(values) -> tuple:
+    """A job's integers: ``values``, then zeros up to the _DIMS of the argument block (each
+    loop reads the ones it knows)."""
+    return tuple(values) + (0,) * (_DIMS - len(values))
+
+
 def _parallel(kind, a, b, c, d, e, ints, dims, n_tasks, place=_EMPTY_INTS, serial=False):
     """Tasks 0..n_tasks-1 of loop ``kind`` (see :data:`_JOBS`) on Numba's pool, or one after
-    the other in this thread (``serial``)."""
-    _launch(_JOBS[kind].addresses, serial, a, b, c, d, e, ints, place, dims, n_tasks)
+    the other in this thread (``serial``), with the integers ``dims`` (:func:`_job_dims`)."""
+    _launch(_JOBS[kind].addresses, serial, a, b, c, d, e, ints, place, _job_dims(dims), n_tasks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -590,7 +596,7 @@ class _Grid:
         array of its own with ``own`` (else in this thread's scratch)."""
         planes = self.c * self.groups
         dims = (self.n, self.c, self.h, self.w, self.ph, self.pw, *self.stride, self.rows,
-                self.cols, self.lanes, self.length, int(channel_major), 0, 0, 0, 0, 0, 0, 0)
+                self.cols, self.lanes, self.length, int(channel_major))
         return self._pad(x, self.phases, dims, planes, "direct input", planes * self.length,
                          own)
 
@@ -598,7 +604,7 @@ class _Grid:
         """gy (N, K, OH, OW) on the output positions of the grid, channel-major."""
         planes = self.k * self.groups
         dims = (self.n, self.k, self.oh, self.ow, 0, 0, 1, 1, self.g_rows, self.cols, self.lanes,
-                self.g_length, 1, 0, 0, 0, 0, 0, 0, 0)
+                self.g_length, 1)
         return self._pad(gy, _ONE_PHASE, dims, planes, "direct output gradient",
                          planes * self.g_length)
 
@@ -625,7 +631,7 @@ class _Grid:
         chunk = max(1, IN_CHUNK // (self.phases.size // 2)) if self.lanes > 1 else self.c
         return (self.c, self.k, self.oh, self.ow, self.pitch, self.offsets.size, self.length,
                 self.span, self.lanes, self.sweeps, chunk, int(self.padded_here()), self.h,
-                self.w, self.ph, self.pw, int(flipped), 0, 0, 0)
+                self.w, self.ph, self.pw, int(flipped))
 
 
 _ONE_PHASE = np.zeros(2, np.int64)
@@ -980,6 +986,7 @@ class _MaskedLayout:
 
     def __init__(self, x_shape, w_shape, padding, dilation):
         (n, c, h, w), (k, _, kh, kw), (ph, pw), (dh, dw) = x_shape, w_shape, padding, dilation
+        self.padding, self.dilation = (ph, pw), (dh, dw)
         self.length = -(-((h + 2 * ph) * w + 2 * pw) // LANES) * LANES
         self.apart = n * c * self.length
         self.copies = kw
@@ -1006,7 +1013,7 @@ class MaskedCopies:
         self.layout, self.copies = layout, copies
 
 
-def _masked_copies(x, layout, padding, dilation):
+def _masked_copies(x, layout):
     r"""KW copies of x on a grid of row pitch W (no padding columns), copy q holding only the
     columns that tap column q reads for some output, the others zero, with PH rows of zeros
     above and below (laid out as ``layout`` says). Output (i, j) is then at o = i W + j, as in
@@ -1014,10 +1021,9 @@ def _masked_copies(x, layout, padding, dilation):
     off the row's end lands on a zero of the neighbouring row instead of padding. (Laying ȳ
     out on x's padded grid instead had cost CNN-S's first layer 0.16 of its weight
     gradient's 0.30 ms: ȳ has 16 channels, x one.)"""
-    (n, c, h, w), (ph, pw), dw = x.shape, padding, dilation[1]
+    (n, c, h, w), (ph, pw), dw = x.shape, layout.padding, layout.dilation[1]
     copies = scratch(layout.size, np.float32, "direct input")
-    dims = (n, c, h, w, ph, pw, 1, 1, h + 2 * ph, w, 1, layout.length, 0, layout.copies, dw, 0,
-            0, 0, 0, 0)
+    dims = (n, c, h, w, ph, pw, 1, 1, h + 2 * ph, w, 1, layout.length, 0, layout.copies, dw)
     _parallel(_PAD, flat(x), _EMPTY, _EMPTY, _EMPTY, copies, _ONE_PHASE, dims, n * c,
               serial=not pool_shared())
     return copies
@@ -1055,7 +1061,7 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_
         (n, c), k, length = x.shape[:2], w_shape[0], gy.shape[2] * gy.shape[3]
         layout = _masked_layout(x.shape, w_shape, padding, dilation)
         copies = kept.copies if isinstance(kept, MaskedCopies) and kept.layout is layout \
-            else _masked_copies(x, layout, padding, dilation)
+            else _masked_copies(x, layout)
         _sweep_weight_grad(copies, flat(gy), gw, layout.offsets, c, k, n, length, k * length,
                            layout.length, length, c * layout.length)
         return gw
@@ -1090,7 +1096,6 @@ def _sweep_weight_grad(x_planes, gy_planes, gw, offsets, c, k, rows, run, pitch,
     """gw (zeroed, K x C x taps) = the sums of :func:`_weight_grad_tasks` over ``rows`` runs of
     ``run`` positions (``pitch`` apart in gy, ``x_pitch`` in x when not 0; channels
     ``x_stride`` and ``g_stride`` apart), a task per block of channels on the pool."""
-    dims = (c, k, rows, run, pitch, offsets.size, x_stride, g_stride, STRIP, x_pitch, 0, 0, 0, 0,
-            0, 0, 0, 0, 0, 0)
+    dims = (c, k, rows, run, pitch, offsets.size, x_stride, g_stride, STRIP, x_pitch)
     _parallel(_WEIGHT_GRAD, x_planes, gy_planes, gw.reshape(-1), _EMPTY, _EMPTY, offsets, dims,
               (-(-k // GRAD_OUT_BLOCK)) * (-(-c // GRAD_IN_BLOCK)))

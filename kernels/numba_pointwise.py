@@ -43,8 +43,8 @@ from numba import njit, types
 from numba import uint64 as u64
 from numba.extending import intrinsic
 
-from refnas.kernels.numba_direct import (_DIMS, _EMPTY, _EMPTY_INTS as _NO_INTS, _arguments,
-                                        _launch, _stack_array)
+from refnas.kernels.numba_direct import (_EMPTY, _EMPTY_INTS as _NO_INTS, _arguments, _launch,
+                                        _stack_array, _job_dims)
 from refnas.kernels.numba_jobs import job
 
 ROWS = 6             # rows of the product (output channels) per register block
@@ -343,11 +343,10 @@ class KeptColumns:
 
 
 def _dims(x_shape, k_out, stride, group=1, mode=_FORWARD_ONLY):
-    """The job's eleven integers, padded with zeros to the _DIMS of the direct loops' argument
-    block."""
+    """The job's eleven integers, padded with zeros to the direct loops' argument block."""
     n, c_in, h, w = x_shape
-    return (n, c_in, k_out, h, w, stride[0], stride[1], (h - 1) // stride[0] + 1,
-            (w - 1) // stride[1] + 1, group, mode) + (0,) * (_DIMS - 11)
+    return _job_dims((n, c_in, k_out, h, w, stride[0], stride[1], (h - 1) // stride[0] + 1,
+                     (w - 1) // stride[1] + 1, group, mode))
 
 
 def _run(x, w, bias_or_shares, gy, out, dims, tasks):
