@@ -448,7 +448,7 @@ _DIMS = 20      # a job's integers
 _BLOCK = 14 + _DIMS     # a job's arguments: five float32 vectors, two int64 vectors, the dims
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _arguments(address):
     """A loop's arguments from its block (filled by :func:`_launch`): a..e (float32 vectors),
     ints, place (int64 vectors) and dims."""
