@@ -280,10 +280,16 @@ def _task(task, address, tasks):
                        np.float32)
     cells = np.empty(c_in * pitch if input_grad else 0, np.float32)
     rows = np.zeros(k_out * pitch if padded else 0, np.float32)
-    for sample in range(first, first + count):
+    # two passes over the samples: the forward, or the weight gradient's gathers and its one
+    # product at the group's last sample; then the input gradient sample by sample (after the
+    # weight gradient, which reads the group's ȳ while it is in L2, before x̄'s cells go
+    # through it)
+    for step in range(2 * count):
+        sample = first + step % count
         at = sample * k_out * length
         for kind in range(3):
-            if not (forward, input_grad, weight_grad)[kind]:
+            if not (forward, input_grad, weight_grad)[kind] or \
+                    (kind == _INPUT_GRAD) != (step >= count):
                 continue
             if kind != _INPUT_GRAD and gathering:
                 _gather(x, sample, c_in, h, wd, sh, sw, oh, ow, panel, pitch)    # x̂_n
