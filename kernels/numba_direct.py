@@ -151,21 +151,20 @@ def _pad_plane(src, out, h, w, top, left, pitch, kept_from=0, kept_to=-1):
     LLVM vectorises). Only columns [kept_from, kept_to) of src are copied (kept_to -1: all),
     the others written as zeros (the column-masked copies of :func:`_masked_copies`)."""
     kept_to = w if kept_to < 0 else kept_to
-    for k in range(top * pitch + left):
+    start = top * pitch + left
+    for k in range(start):
         out[k] = 0
     for r in range(h):
-        row = out[(top + r) * pitch + left:]
-        line = src[r * w:(r + 1) * w]
+        row, line = u64(start + r * pitch), u64(r * w)
         for k in range(w):
-            row[k] = line[k]
+            out[row + u64(k)] = src[line + u64(k)]
         for k in range(kept_from):            # (a masked copy's few columns)
-            row[k] = 0
+            out[row + u64(k)] = 0
         for k in range(kept_to, w):
-            row[k] = 0
-        gap = row[w:]
-        end = pitch if r + 1 < h else out.size - (top + r) * pitch - left
-        for k in range(end - w):
-            gap[k] = 0
+            out[row + u64(k)] = 0
+        end = row + u64(pitch) if r + 1 < h else u64(out.size)
+        for k in range(row + u64(w), end):
+            out[k] = 0
 
 
 @njit(inline="always")
