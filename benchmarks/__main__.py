@@ -200,6 +200,21 @@ def markdown(results: dict[str, Any], command: str) -> str:
                              + _number(around, ".0f") + " | "
                              + " | ".join(_number(f, ".0%") for f in fractions + [blas])
                              + " |")
+        totals = kernels.get("conv2d_totals")
+        if totals:
+            lines += ["", "| all conv2d layers of a training step (each shape times its count) "
+                      "| layers (shapes) | numba ms | numba GFLOP/s | numba / matmul "
+                      "| PyTorch ms | PyTorch GFLOP/s | PyTorch / matmul |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            for workload, total in totals.items():
+                cells = []
+                for who in ("numba", "torch"):
+                    figures = total.get(who) or {}
+                    cells += [_number(figures.get("ms"), ".2f"),
+                              _number(figures.get("gflops"), ".1f"),
+                              _number(figures.get("fraction_of_matmul"), ".0%")]
+                lines.append(f"| {workload} | {total['count']} ({total['layers']}) | "
+                             + " | ".join(cells) + " |")
         lines += ["", "| memory-bound kernel | numpy GB/s | numba GB/s |", "|---|---:|---:|"]
         for name, entry in kernels["memory"].items():
             lines.append(f"| {name} | {_number(entry['numpy']['gbs'], '.1f')} | "

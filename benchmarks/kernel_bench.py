@@ -216,9 +216,10 @@ def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2) -
     for workload in ("cnn-s", "resnet18"):
         for shape in conv_shapes(workload):
             name = _conv_name(workload, shape)
-            entry: dict[str, Any] = {"count_in_model": shape["count"],
-                                     "input_grad_in_training": shape["input_grad"]}
             flops, passes = _shape_flops(shape), _passes(shape)
+            entry: dict[str, Any] = {"workload": workload, "count_in_model": shape["count"],
+                                     "input_grad_in_training": shape["input_grad"],
+                                     "flops": flops, "passes": passes}
             (per_backend, products), matmul = _matmul_around(lambda: (
                 {backend: interleaved_medians(_conv_case(shape, backend, rng), repeats)
                  for backend in backends},
@@ -260,6 +261,50 @@ def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2) -
                         timed["seconds"] * 1e3
             results[name] = entry
     return results
+
+
+_CONTENDERS = {"numpy": "training", "numba": "training", "torch": "forward_backward"}
+
+
+def conv_totals(conv2d: dict[str, Any]) -> dict[str, Any]:
+    r"""Each workload's convolutions as a whole, as a training step runs them: for each
+    contender timed on all of the workload's layers, the milliseconds of one step's conv2d
+    passes (each layer's, times its count in the model), their GFLOP/s, and the fraction of
+    the matmul rate
+
+    .. math:: \frac{\sum_l n_l F_l}{\sum_l n_l t_l R_l},
+
+    with :math:`F_l` the FLOP of layer l's passes, :math:`t_l` their seconds, :math:`R_l` the
+    matmul rate timed around the layer's calls: the work done over what the matmul would have
+    done in the same time at its rate of the moment (so a layer timed while the machine was
+    slow is compared with the matmul of that moment, as each row of the per-layer table is)."""
+    sums: dict[str, dict[str, dict[str, float]]] = {}
+    layers: dict[str, int] = {}
+    for entry in conv2d.values():
+        workload, count = entry["workload"], entry["count_in_model"]
+        layers[workload] = layers.get(workload, 0) + 1
+        for who, part in _CONTENDERS.items():
+            figures = entry.get(who)
+            if not figures:
+                continue
+            seconds = count * figures["ms"][part] / 1e3
+            rate = figures.get("matmul_gflops", entry["matmul_gflops"])
+            total = sums.setdefault(workload, {}).setdefault(
+                who, {"layers": 0, "flop": 0.0, "seconds": 0.0, "matmul_flop": 0.0})
+            total["layers"] += 1
+            total["flop"] += count * entry["flops"] * entry["passes"]
+            total["seconds"] += seconds
+            total["matmul_flop"] += seconds * rate * 1e9
+    totals: dict[str, Any] = {}
+    for workload, per_contender in sums.items():
+        total = totals[workload] = {"layers": layers[workload], "count": sum(
+            e["count_in_model"] for e in conv2d.values() if e["workload"] == workload)}
+        for who, t in per_contender.items():
+            if t["layers"] == layers[workload]:     # (not a total of some layers only)
+                total[who] = {"ms": t["seconds"] * 1e3,
+                              "gflops": t["flop"] / t["seconds"] / 1e9,
+                              "fraction_of_matmul": t["flop"] / t["matmul_flop"]}
+    return totals
 
 
 def _memory_cases(rng) -> dict[str, tuple[Callable[[str], Callable], int]]:
@@ -315,7 +360,8 @@ def memory_benchmarks(backends: list[str], repeats: int) -> dict[str, Any]:
 
 def run_kernels(repeats: int, torch_threads: int = 2) -> dict[str, Any]:
     backends = [b for b in ("numpy", "numba") if b in available()]
-    return {"conv2d": conv_benchmarks(backends, repeats, torch_threads),
+    conv2d = conv_benchmarks(backends, repeats, torch_threads)
+    return {"conv2d": conv2d, "conv2d_totals": conv_totals(conv2d),
             "memory": memory_benchmarks(backends, repeats)}
 
 

@@ -156,3 +156,46 @@ def test_pytorchs_matmul_rate_is_timed_around_its_calls_after_its_threads_settle
     result, rate = kernel_bench._matmul_around(lambda: events.append("layer") or "timed", 0.02)
     assert (result, rate) == ("timed", 180.0)
     assert events == [("sleep", 0.02), "matmul", "layer", ("sleep", 0.02), "matmul"]
+
+
+def _layer(workload, count, flops, passes, matmul, numba_ms, torch=None):
+    return {"workload": workload, "count_in_model": count, "flops": flops, "passes": passes,
+            "matmul_gflops": matmul, "numba": {"ms": {"training": numba_ms}}, "torch": torch}
+
+
+def test_a_workloads_conv_totals_weigh_each_layer_by_its_count_and_its_matmul_rate():
+    """Layer a: once, 2 passes of 1 GFLOP in 20 ms while the matmul ran at 200 GFLOP/s (it
+    would have done 4 GFLOP); layer b: twice, 3 passes of 0.5 GFLOP in 10 ms each at 100
+    GFLOP/s (2 x 1 GFLOP). Together 5 GFLOP in 40 ms, against 6 GFLOP of matmul: 125 GFLOP/s
+    and 5/6. PyTorch, timed on layer a only, gets no total; another workload its own."""
+    from benchmarks.kernel_bench import conv_totals
+    conv = {"a": _layer("cnn-s", 1, 1e9, 2, 200.0, 20.0,
+                        torch={"ms": {"forward_backward": 10.0}, "matmul_gflops": 150.0}),
+            "b": _layer("cnn-s", 2, 0.5e9, 3, 100.0, 10.0),
+            "c": _layer("resnet18", 3, 1e9, 3, 100.0, 30.0,
+                        torch={"ms": {"forward_backward": 60.0}, "matmul_gflops": 50.0})}
+    totals = conv_totals(conv)
+    assert set(totals) == {"cnn-s", "resnet18"}
+    cnn = totals["cnn-s"]
+    assert (cnn["layers"], cnn["count"], "torch" in cnn) == (2, 3, False)
+    assert cnn["numba"]["ms"] == pytest.approx(40.0)
+    assert cnn["numba"]["gflops"] == pytest.approx(125.0)
+    assert cnn["numba"]["fraction_of_matmul"] == pytest.approx(5 / 6)
+    # 3 x 3 GFLOP in 3 x 60 ms, against 3 x 0.06 s x 50 GFLOP/s of matmul
+    assert totals["resnet18"]["torch"]["gflops"] == pytest.approx(50.0)
+    assert totals["resnet18"]["torch"]["fraction_of_matmul"] == pytest.approx(1.0)
+
+
+def test_the_conv_totals_table_shows_each_workloads_totals():
+    results = _results({})
+    results["kernels"] = {"conv2d": {}, "memory": {}, "conv2d_totals": {
+        "resnet18": {"layers": 11, "count": 20,
+                     "numba": {"ms": 12.345, "gflops": 101.0, "fraction_of_matmul": 0.55},
+                     "torch": {"ms": 15.0, "gflops": 88.0, "fraction_of_matmul": 0.483}},
+        "cnn-s": {"layers": 2, "count": 2,
+                  "numba": {"ms": 3.0, "gflops": 120.0, "fraction_of_matmul": 0.6}}}}
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in markdown(results, "python -m benchmarks").splitlines()
+            if line.startswith(("| resnet18 |", "| cnn-s |"))}
+    assert rows["resnet18"] == ["20 (11)", "12.35", "101.0", "55%", "15.00", "88.0", "48%"]
+    assert rows["cnn-s"] == ["2 (2)", "3.00", "120.0", "60%", "—", "—", "—"]
