@@ -232,14 +232,6 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
     (still in cache). Storing only the valid positions of each block, position by position,
     had cost as much as the arithmetic on 16-channel layers.
 
-    With ``copies`` = KW > 0 (a network's first layers, :func:`_masked_forward`), each task
-    pads its sample into KW column-masked copies instead (:func:`_masked_copies`; copy q keeps
-    the columns from q*``copy_step`` - ``left``, ``copies_apart`` values after copy q - 1),
-    whose rows have y's own pitch W: there are no padding columns to drop, and the blocks are
-    stored straight into y (+ b), the last block of a plane overlapping the one before. On
-    CNN-S's first layer (one input channel: nine taps per block) the copy out of the grid had
-    taken as long as the arithmetic; 0.20 -> 0.17-0.18 ms.
-
     ``place`` holds one row of _PLACE values per *part* of the output channels (one part for a
     convolution; one per phase for :func:`_input_grad_by_phases`): its channels
     [k_first, k_end) apply the taps [tap_lo, tap_hi), with weights (k_end - k_first, C,
@@ -248,8 +240,7 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
     (K' = k_end - k_first), rows ``row`` and columns ``col`` apart: y itself, or every s-th cell
     of a larger array (the input gradient's phases write into gx in place)."""
     (c_in, k_out, oh, ow, pitch, taps, length, span, lanes, rows, chunk, padded_here,
-     h, w, top, left, flipped, copies, copy_step, copies_apart) = dims[:20]
-    straight = copies > 0
+     h, w, top, left, flipped) = dims[:17]
     k_blocks = (k_out + OUT_BLOCK - 1) // OUT_BLOCK
     blocks_per_task = k_blocks if padded_here else 1
     sums = numba.carray(_stack_array(_FORWARD_SUMS, xf.dtype), (_FORWARD_SUMS,))
@@ -257,14 +248,10 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
     for task in range(first, last):
         n = task // (k_blocks // blocks_per_task)
         if padded_here:
-            for q in range(max(copies, 1)):
-                shift = q * copy_step - left
-                for c in range(c_in):
-                    plane = (n * c_in + c) * h * w
-                    at = q * copies_apart + (n * c_in + c) * length
-                    _pad_plane(raw[plane:plane + h * w], xf[at:at + length], h, w, top, left,
-                               pitch, max(shift, 0) if straight else 0,
-                               min(w, w + shift) if straight else -1)
+            for c in range(c_in):
+                plane, at = (n * c_in + c) * h * w, (n * c_in + c) * length
+                _pad_plane(raw[plane:plane + h * w], xf[at:at + length], h, w, top, left,
+                           pitch)
         first_block = 0 if padded_here else task % k_blocks
         for kb in range(first_block, first_block + blocks_per_task):
             if not padded_here:
@@ -303,8 +290,6 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
                     else:
                         lo, hi = i0 * pitch // POS_BLOCK * POS_BLOCK, (i0 + count_h) * pitch
                     for o0 in range(lo, hi, POS_BLOCK):
-                        if straight:
-                            o0 = min(o0, hi - POS_BLOCK)
                         if c0 == 0:
                             for s in range(_FORWARD_SUMS):
                                 sums[s] = 0
@@ -328,20 +313,12 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
                                         tap_first - tap if flipped else tap_first + tap))]
                                     for t in range(POS_BLOCK):
                                         sums[kk * POS_BLOCK + t] += weight * xf[row + u64(t)]
-                        if straight:
-                            for kk in range(OUT_BLOCK):
-                                if k0 + kk < k_end:
-                                    shift = bias[k0 + kk] if bias.size else np.float32(0)
-                                    out = u64((n * k_out + k0 + kk) * place[at] + o0)
-                                    for t in range(POS_BLOCK):
-                                        yf[out + u64(t)] = sums[kk * POS_BLOCK + t] + shift
-                            continue
                         for kk in range(OUT_BLOCK):
                             for t in range(POS_BLOCK):
                                 gridf[u64(kk * span + o0 + t)] = sums[kk * POS_BLOCK + t]
             out_plane, out_first, out_row, out_col = place[at], place[at + 1], place[at + 2], \
                 place[at + 3]
-            for kk in range(0 if straight else min(OUT_BLOCK, k_end - k0)):
+            for kk in range(min(OUT_BLOCK, k_end - k0)):
                 shift = bias[k0 + kk] if bias.size else 0
                 for s in range(lanes):
                     out = u64(((n * lanes + s) * (k_end - k_first) + k0 - k_first + kk)
@@ -356,6 +333,52 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
                             for j in range(count_w):
                                 yf[target + u64(j * out_col)] = \
                                     gridf[grid_row + u64(j * lanes)] + shift
+
+
+@njit(cache=True, fastmath={"contract"})
+def _masked_forward_sample(copies, wf, bias, raw, yf, offsets, dims, n):
+    r"""Sample n of a first layer's forward (:func:`_masked_forward`): its KW column-masked
+    copies of x written into ``copies`` (copy q of channel c from q*``apart`` + (n*C + c) *
+    ``length``; :func:`_masked_copies`), then
+
+    .. math:: y_{n,k,o} = b_k + \sum_c \sum_t w_{k,c,t}\, \text{copies}_{n,c}[o + \text{offsets}_t]
+
+    over y's own plane (o = i*W + j, no padding columns), in blocks of OUT_BLOCK channels x
+    POS_BLOCK positions whose sums are stored straight into y; the last block of a plane starts
+    POS_BLOCK before its end, overlapping the one before (same sums, stored again), and a
+    block past the last channel computes and stores that channel again.
+
+    A loop of its own, not a mode of :func:`_forward_tasks`: with nine taps a block (one input
+    channel), what surrounds the taps weighs as much as they do, and the general loop's parts,
+    chunks and flipped kernels had made CNN-S's first forward 10-20% slower (0.182-0.184
+    against 0.158-0.163 ms; the stem's 19%), for 0.5-0.8 s more cold compile."""
+    c_in, k_out, plane, taps, length, apart, h, w, top, left, kw, step = dims[:12]
+    for q in range(kw):
+        shift = q * step - left                  # copy q keeps the columns tap column q reads
+        for c in range(c_in):
+            at, src = q * apart + (n * c_in + c) * length, (n * c_in + c) * h * w
+            _pad_plane(raw[src:src + h * w], copies[at:at + length], h, w, top, left, w,
+                       max(shift, 0), min(w, w + shift))
+    sums = numba.carray(_stack_array(_FORWARD_SUMS, copies.dtype), (_FORWARD_SUMS,))
+    for k0 in range(0, k_out, OUT_BLOCK):
+        for block in range(0, plane, POS_BLOCK):
+            o0 = min(block, plane - POS_BLOCK)
+            for s in range(_FORWARD_SUMS):
+                sums[s] = 0
+            for c in range(c_in):
+                at = u64((n * c_in + c) * length + o0)
+                for tap in range(taps):
+                    row = at + u64(offsets[tap])
+                    for kk in range(OUT_BLOCK):
+                        weight = wf[u64((min(k0 + kk, k_out - 1) * c_in + c) * taps + tap)]
+                        for t in range(POS_BLOCK):
+                            sums[kk * POS_BLOCK + t] += weight * copies[row + u64(t)]
+            for kk in range(OUT_BLOCK):
+                k = min(k0 + kk, k_out - 1)
+                shift = bias[k] if bias.size else np.float32(0)
+                out = u64((n * k_out + k) * plane + o0)
+                for t in range(POS_BLOCK):
+                    yf[out + u64(t)] = sums[kk * POS_BLOCK + t] + shift
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,7 +467,7 @@ def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
 # The three loops on the pool: a job each (C callbacks run task by task by numba_jobs's driver;
 # a parallel driver of their own had cost 4 s of the 30 s cold-compile budget)
 # --------------------------------------------------------------------------------------------
-_PAD, _FORWARD, _WEIGHT_GRAD = 0, 1, 2
+_PAD, _FORWARD, _WEIGHT_GRAD, _MASKED_FORWARD = 0, 1, 2, 3
 _EMPTY = np.empty(0, np.float32)
 _EMPTY_INTS = np.empty(0, np.int64)
 _DIMS = 20      # a job's integers
@@ -480,6 +503,13 @@ def _forward_task(task, address, tasks):
     _forward_tasks(a, b, c, d, e, ints, place, dims, np.int64(task), np.int64(task) + 1)
 
 
+def _masked_forward_task(task, address, tasks):
+    """Sample ``task`` of :func:`_masked_forward_sample` (a..e = the copies, w, bias, raw x,
+    y; ints = the tap offsets)."""
+    a, b, c, d, e, ints, _, dims = _arguments(address)
+    _masked_forward_sample(a, b, c, d, e, ints, dims, np.int64(task))
+
+
 def _weight_grad_task(task, address, tasks):
     """A block of :func:`_weight_grad_tasks` (a, b, c = x, gy, gw; ints = the tap offsets)."""
     a, b, c, _, _, ints, _, dims = _arguments(address)
@@ -491,7 +521,8 @@ def _weight_grad_task(task, address, tasks):
 # forward as a function of its own, compiled under the job's SLP setting (inlined, LLVM's SLP
 # vectoriser left its FMAs scalar)
 _JOBS = {_PAD: job(_pad_task), _FORWARD: job(_forward_task, vectorise=True),
-         _WEIGHT_GRAD: job(_weight_grad_task, vectorise=True)}
+         _WEIGHT_GRAD: job(_weight_grad_task, vectorise=True),
+         _MASKED_FORWARD: job(_masked_forward_task, vectorise=True)}
 
 
 @njit(cache=True)
@@ -997,9 +1028,6 @@ class _MaskedLayout:
         self.oh = h + 2 * ph - dh * (kh - 1)
         self.offsets = np.array([q * self.apart + p * dh * w + q * dw
                                  for p in range(kh) for q in range(kw)], np.int64)
-        # the forward's one part (see _forward_tasks): every tap and output channel
-        self.placement = np.array([self.oh * w, 0, w, 1, 0, self.oh, 0, w, 0, kh * kw, 0, k, 0],
-                                  np.int64)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1034,18 +1062,18 @@ def _masked_copies(x, layout):
 
 def _masked_forward(x, w, bias, padding, dilation, keep):
     """The forward of a convolution on column-masked copies of x (:func:`_masked_copies_apply`),
-    a task per sample writing its copies and then its y (:func:`_forward_tasks` with
-    ``copies``). With ``keep``: (y, the copies as :class:`MaskedCopies`, in an array of their
+    a task per sample writing its copies and then its y (:func:`_masked_forward_sample`). With
+    ``keep``: (y, the copies as :class:`MaskedCopies`, in an array of their
     own)."""
     (n, c, h, wd), (k, _, kh, kw), (ph, pw) = x.shape, w.shape, padding
     layout = _masked_layout(x.shape, w.shape, padding, dilation)
     copies = np.empty(layout.size, np.float32) if keep else \
         scratch(layout.size, np.float32, "direct input")
     y = np.empty((n, k, layout.oh, wd), np.float32)
-    dims = (c, k, layout.oh, wd, wd, kh * kw, layout.length, 0, 1, 1, c, 1, h, wd, ph, pw, 0, kw,
-            dilation[1], layout.apart)
-    _parallel(_FORWARD, copies, flat(w), _EMPTY if bias is None else flat(bias), flat(x),
-              y.reshape(-1), layout.offsets, dims, n, layout.placement)
+    dims = (c, k, layout.oh * wd, kh * kw, layout.length, layout.apart, h, wd, ph, pw, kw,
+            dilation[1])
+    _parallel(_MASKED_FORWARD, copies, flat(w), _EMPTY if bias is None else flat(bias), flat(x),
+              y.reshape(-1), layout.offsets, dims, n)
     return (y, MaskedCopies(layout, copies)) if keep else y
 
 
