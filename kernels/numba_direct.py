@@ -306,9 +306,9 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
                                     # channel, then is dropped
                                     k = min(k0 + kk, k_end - 1)
                                     # (the direction a test, not a run-time step of
-                                    # +-1 to multiply by: with the step, CNN-S's first
-                                    # layer's forward took 30% longer, the stem's 10-15%,
-                                    # with tap loops alike in the assembly)
+                                    # +-1 to multiply by: with the step, the strided
+                                    # forwards and phase-wise input gradients took 2-16%
+                                    # longer, with tap loops alike in the assembly)
                                     weight = wf[u64(k * k_step + c * c_step + (
                                         tap_first - tap if flipped else tap_first + tap))]
                                     for t in range(POS_BLOCK):
@@ -350,8 +350,9 @@ def _masked_forward_sample(copies, wf, bias, raw, yf, offsets, dims, n):
 
     A loop of its own, not a mode of :func:`_forward_tasks`: with nine taps a block (one input
     channel), what surrounds the taps weighs as much as they do, and the general loop's parts,
-    chunks and flipped kernels had made CNN-S's first forward 10-20% slower (0.182-0.184
-    against 0.158-0.163 ms; the stem's 19%), for 0.5-0.8 s more cold compile."""
+    chunks and flipped kernels had made CNN-S's first forward 10-30% slower (0.182-0.184
+    against 0.158-0.163 ms in a calm period; the stem's 9-19%), for 0.2-0.9 s more cold
+    compile."""
     c_in, k_out, plane, taps, length, apart, h, w, top, left, kw, step = dims[:12]
     for q in range(kw):
         shift = q * step - left                  # copy q keeps the columns tap column q reads
@@ -464,13 +465,13 @@ def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
 
 
 # --------------------------------------------------------------------------------------------
-# The three loops on the pool: a job each (C callbacks run task by task by numba_jobs's driver;
+# The loops on the pool: a job each (C callbacks run task by task by numba_jobs's driver;
 # a parallel driver of their own had cost 4 s of the 30 s cold-compile budget)
 # --------------------------------------------------------------------------------------------
 _PAD, _FORWARD, _WEIGHT_GRAD, _MASKED_FORWARD = 0, 1, 2, 3
 _EMPTY = np.empty(0, np.float32)
 _EMPTY_INTS = np.empty(0, np.int64)
-_DIMS = 20      # a job's integers
+_DIMS = 17      # a job's integers (as many as the forward loop's)
 _BLOCK = 14 + _DIMS     # a job's arguments: five float32 vectors, two int64 vectors, the dims
 
 
@@ -486,7 +487,7 @@ def _arguments(address):
     place = vector(block, 12, np.int64)
     dims = (block[14], block[15], block[16], block[17], block[18], block[19], block[20],
             block[21], block[22], block[23], block[24], block[25], block[26], block[27],
-            block[28], block[29], block[30], block[31], block[32], block[33])
+            block[28], block[29], block[30])
     return a, b, c, d, e, ints, place, dims
 
 
@@ -543,7 +544,9 @@ def _launch(job_, serial, a, b, c, d, e, ints, place, dims, n_tasks):
 def _job_dims(values) -> tuple:
     """A job's integers: ``values``, then zeros up to the _DIMS of the argument block (each
     loop reads the ones it knows)."""
-    return tuple(values) + (0,) * (_DIMS - len(values))
+    values = tuple(values)
+    assert len(values) <= _DIMS, (len(values), _DIMS)
+    return values + (0,) * (_DIMS - len(values))
 
 
 def _parallel(kind, a, b, c, d, e, ints, dims, n_tasks, place=_EMPTY_INTS, serial=False):
