@@ -1022,7 +1022,7 @@ class _MaskedLayout:
     position."""
 
     def __init__(self, x_shape, w_shape, padding, dilation):
-        (n, c, h, w), (k, _, kh, kw), (ph, pw), (dh, dw) = x_shape, w_shape, padding, dilation
+        (n, c, h, w), (_, _, kh, kw), (ph, pw), (dh, dw) = x_shape, w_shape, padding, dilation
         self.padding, self.dilation = (ph, pw), (dh, dw)
         self.length = -(-((h + 2 * ph) * w + 2 * pw) // LANES) * LANES
         self.apart = n * c * self.length
