@@ -280,9 +280,11 @@ def conv_totals(conv2d: dict[str, Any]) -> dict[str, Any]:
     slow is compared with the matmul of that moment, as each row of the per-layer table is)."""
     sums: dict[str, dict[str, dict[str, float]]] = {}
     layers: dict[str, int] = {}
+    counts: dict[str, int] = {}
     for entry in conv2d.values():
         workload, count = entry["workload"], entry["count_in_model"]
         layers[workload] = layers.get(workload, 0) + 1
+        counts[workload] = counts.get(workload, 0) + count
         for who, part in _CONTENDERS.items():
             figures = entry.get(who)
             if not figures:
@@ -297,8 +299,7 @@ def conv_totals(conv2d: dict[str, Any]) -> dict[str, Any]:
             total["matmul_flop"] += seconds * rate * 1e9
     totals: dict[str, Any] = {}
     for workload, per_contender in sums.items():
-        total = totals[workload] = {"layers": layers[workload], "count": sum(
-            e["count_in_model"] for e in conv2d.values() if e["workload"] == workload)}
+        total = totals[workload] = {"layers": layers[workload], "count": counts[workload]}
         for who, t in per_contender.items():
             if t["layers"] == layers[workload]:     # (not a total of some layers only)
                 total[who] = {"ms": t["seconds"] * 1e3,

@@ -168,6 +168,15 @@ def _pad_plane(src, out, h, w, top, left, pitch, kept_from=0, kept_to=-1):
 
 
 @njit(inline="always")
+def _kept_columns(q, step, left, w):
+    """The columns [from, to) of an input row that masked copy q keeps (:func:`_masked_copies`):
+    those that tap column q reads for some output, with column dilation ``step`` and the row
+    padded by ``left``."""
+    shift = q * step - left
+    return max(shift, 0), min(w, w + shift)
+
+
+@njit(inline="always")
 def _pad_planes(source, dims, phases, target, first, last):
     """Tasks [first, last) of writing the (samples, channels) planes of ``source`` onto the
     grid (:class:`_Grid`): one task per plane, each to its own ``length`` of ``target`` (in
@@ -183,15 +192,14 @@ def _pad_planes(source, dims, phases, target, first, last):
         else:
             place = (task % channels) * samples + task // channels if swap else task
             if sh == 1 and sw == 1:
-                # one copy, or ``copies`` column-masked ones, copy q's columns shifted by
-                # q*copy_step - left (see :func:`_masked_copies`)
+                # one copy, or ``copies`` column-masked ones (see :func:`_masked_copies`)
                 for q in range(max(copies, 1)):
-                    shift = q * copy_step - left
+                    kept_from, kept_to = _kept_columns(q, copy_step, left, w) if copies \
+                        else (0, w)
                     at = (q * samples * channels + place) * length
                     _pad_plane(source[task * h * w:(task + 1) * h * w],
-                               target[at:at + length], h, w, top, left, cols,
-                               max(shift, 0) if copies else 0,
-                               min(w, w + shift) if copies else -1)
+                               target[at:at + length], h, w, top, left, cols, kept_from,
+                               kept_to)
                 continue
             # zeroed whole: the phase rows are written in pairs
             start, stop = place * length, (place + 1) * length
@@ -240,7 +248,7 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
     (K' = k_end - k_first), rows ``row`` and columns ``col`` apart: y itself, or every s-th cell
     of a larger array (the input gradient's phases write into gx in place)."""
     (c_in, k_out, oh, ow, pitch, taps, length, span, lanes, rows, chunk, padded_here,
-     h, w, top, left, flipped) = dims[:17]
+     h, w, top, left, flipped) = dims
     k_blocks = (k_out + OUT_BLOCK - 1) // OUT_BLOCK
     blocks_per_task = k_blocks if padded_here else 1
     sums = numba.carray(_stack_array(_FORWARD_SUMS, xf.dtype), (_FORWARD_SUMS,))
@@ -355,11 +363,11 @@ def _masked_forward_sample(copies, wf, bias, raw, yf, offsets, dims, n):
     compile."""
     c_in, k_out, plane, taps, length, apart, h, w, top, left, kw, step = dims[:12]
     for q in range(kw):
-        shift = q * step - left                  # copy q keeps the columns tap column q reads
+        kept_from, kept_to = _kept_columns(q, step, left, w)
         for c in range(c_in):
             at, src = q * apart + (n * c_in + c) * length, (n * c_in + c) * h * w
             _pad_plane(raw[src:src + h * w], copies[at:at + length], h, w, top, left, w,
-                       max(shift, 0), min(w, w + shift))
+                       kept_from, kept_to)
     sums = numba.carray(_stack_array(_FORWARD_SUMS, copies.dtype), (_FORWARD_SUMS,))
     for k0 in range(0, k_out, OUT_BLOCK):
         for block in range(0, plane, POS_BLOCK):
