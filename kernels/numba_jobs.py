@@ -210,9 +210,13 @@ class Job:
 
     @property
     def addresses(self) -> tuple[int, int]:
-        """(the driver's address, the job's): what a launcher hands to :func:`launch`."""
-        self.address
-        return self._addresses
+        """(the driver's address, the job's): what a launcher hands to :func:`launch`. (Once
+        compiled, without taking the lock: the pair is set whole, after the compile.)"""
+        addresses = self._addresses
+        if not addresses[1]:
+            self.address
+            addresses = self._addresses
+        return addresses
 
 
 def job(function, vectorise=False) -> Job:

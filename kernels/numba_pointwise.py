@@ -392,7 +392,7 @@ def _run(x, w, bias_or_shares, gy, out, dims, tasks):
 
 
 def _key(x_shape, stride):
-    return tuple(int(v) for v in x_shape), (int(stride[0]), int(stride[1]))
+    return tuple(x_shape), tuple(stride)
 
 
 def forward(x, w, bias, stride, keep=False):
