@@ -6,7 +6,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 import refnas.ops  # noqa: F401  (registers the NumPy references)
 from tests.kernels.helpers import (assert_close, fused_multiply_adds, needs_numba, normal,
@@ -226,6 +226,55 @@ def test_direct_loops_at_workload_sizes(x_shape, w_shape, stride, parallel_pad, 
         bound_kwargs = {"bias": np.abs(bias)} if kwargs else {}
         assert_close(fast(*args, *geometry, **kwargs), reference(*args, *geometry, **kwargs),
                      bound=reference(*magnitudes, *geometry, **bound_kwargs))
+
+
+def _assert_runs_inside_rows(x_shape, w_shape, stride, padding, dilation):
+    """The input gradient by phases writes the first ``runs`` cells of a phase's row by
+    read-modify-writes of 16 columns from the even column at or before the row's first cell
+    (``_put_evens_8``). Those spans must lie inside the row: one reaching into the next row
+    would rewrite cells that another thread may be writing, a race that comparisons with the
+    reference would rarely see. Runs are whole vectors of 8 of the row's cells, and only
+    with a column stride of 2. Returns the rows' runs."""
+    direct = _direct()
+    out_hw = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, p, d, s in
+                   zip(x_shape[2:], w_shape[2:], padding, dilation, stride))
+    plan = direct._PhasePlan(x_shape, w_shape, (x_shape[0], w_shape[0], *out_hw), stride,
+                             padding, dilation)
+    width, all_runs = x_shape[3], []
+    for row in plan.place.reshape(-1, direct._PLACE):
+        first, column_step, count_w, runs, parity = row[1], row[3], row[7], row[13], row[14]
+        column = first % width
+        assert parity == column % 2 and runs % 8 == 0 and 0 <= runs <= count_w
+        if runs:
+            assert column_step == 2
+            # the last span covers columns start + 2 * (runs - 8) .. start + 2 * runs - 1
+            assert column - parity >= 0 and column - parity + 2 * runs <= width
+        all_runs.append(int(runs))
+    return all_runs
+
+
+@given(data=st.data())
+def test_the_phases_vector_runs_stay_inside_their_rows(data):
+    """:func:`_assert_runs_inside_rows` on drawn geometries (any stride, dilation, padding)."""
+    x_shape, w_shape, stride, padding, dilation, out_hw = _case(data)
+    assume(min(out_hw) > 0)
+    _assert_runs_inside_rows(x_shape, w_shape, stride, padding, dilation)
+
+
+def test_the_phases_vector_runs_stay_inside_rows_of_every_width():
+    """The same for every width from 1 to 40 (each parity of the span's room), kernels of 1 to
+    5 columns, column padding up to 2, dilation 1 and 2, column stride 2; and ResNet-18's
+    first strided layer (32x32 maps, 3x3, stride 2, padding 1) writes every phase's 16 cells
+    of a row as two runs of 8."""
+    for width in range(1, 41):
+        for kw in range(1, 6):
+            for pw in range(3):
+                for dw in (1, 2):
+                    if width + 2 * pw >= dw * (kw - 1) + 1:
+                        _assert_runs_inside_rows((1, 4, 5, width), (4, 4, 3, kw), (2, 2),
+                                                 (1, pw), (1, dw))
+    assert _assert_runs_inside_rows((32, 16, 32, 32), (32, 16, 3, 3), (2, 2), (1, 1),
+                                    (1, 1)) == [16] * 4
 
 
 def test_the_numba_kernels_hand_the_direct_loops_their_convolutions():
