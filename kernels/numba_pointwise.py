@@ -58,9 +58,10 @@ def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype) -> bool:
     least ROWS channels on either side (the rows of the products' register blocks: the
     forward's and weight gradient's are output channels, the input gradient's input
     channels; see :func:`_product`)."""
-    return (np.dtype(dtype) == np.float32 and groups == 1 and tuple(w_shape[2:]) == (1, 1)
-            and tuple(stride) != (1, 1) and tuple(padding) == (0, 0)
-            and min(x_shape) > 0 and min(x_shape[1], w_shape[0]) >= ROWS)
+    return (w_shape[2] == 1 and w_shape[3] == 1 and groups == 1 and padding[0] == 0
+            and padding[1] == 0 and (stride[0] != 1 or stride[1] != 1)
+            and np.dtype(dtype) == np.float32 and min(x_shape) > 0
+            and min(x_shape[1], w_shape[0]) >= ROWS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,7 +457,7 @@ def backward(gy, x_shape, w_shape, stride, x=None, w=None, kept=None):
          _EMPTY if w is None else w.reshape(-1),
          _EMPTY if shares is None else shares.reshape(-1), gy.reshape(-1),
          _EMPTY if gx is None else gx.reshape(-1), dims, tasks)
-    gw = None if shares is None else shares.sum(axis=0)[:, :c_in].reshape(w_shape)
+    gw = None if shares is None else np.add.reduce(shares, 0)[:, :c_in].reshape(w_shape)
     return gx, gw
 
 
