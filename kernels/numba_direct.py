@@ -99,6 +99,68 @@ def _stack_array(typingctx, size, dtype):
 
 
 # --------------------------------------------------------------------------------------------
+# Runs of 8 float32 cells as AVX vectors (LLVM IR by hand: the shuffles that a loop over
+# every other cell needs, without the loops around them; see :func:`_split_row`)
+# --------------------------------------------------------------------------------------------
+def _shuffle(builder, a, b, lanes):
+    """The lanes ``lanes`` of a and b side by side (0-7: a's, 8-15: b's)."""
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8), lanes))
+
+
+def _vector_at(builder, data, index):
+    """A pointer to the 8 floats from data[index], for a vector load or store."""
+    return builder.bitcast(builder.gep(data, [index]),
+                           ir.VectorType(ir.FloatType(), 8).as_pointer())
+
+
+@intrinsic
+def _split_16(typingctx, src, src_at, dst, even_at, odd_at):
+    """dst[even_at + t] = src[src_at + 2t], dst[odd_at + t] = src[src_at + 2t + 1] for t < 8:
+    two vector loads, two shuffles, two vector stores."""
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0]).data
+        target = context.make_array(signature.args[2])(context, builder, args[2]).data
+        second = builder.add(args[1], ir.Constant(args[1].type, 8))
+        low, high = (builder.load(_vector_at(builder, source, index), align=4)
+                     for index in (args[1], second))
+        for lanes, where in (([0, 2, 4, 6, 8, 10, 12, 14], args[3]),
+                             ([1, 3, 5, 7, 9, 11, 13, 15], args[4])):
+            builder.store(_shuffle(builder, low, high, lanes),
+                          _vector_at(builder, target, where), align=4)
+        return context.get_dummy_value()
+
+    return types.void(src, src_at, dst, even_at, odd_at), codegen
+
+
+@intrinsic
+def _put_evens_8(typingctx, src, src_at, shift, dst, dst_at, odd):
+    """dst[dst_at + 2t + odd] = src[src_at + t] + shift for t < 8, the other eight of the 16
+    cells from dst_at rewritten as they were: one vector load of src, two of dst, four
+    shuffles, two selects, two vector stores (a read-modify-write: nothing else may write
+    those cells meanwhile)."""
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0]).data
+        target = context.make_array(signature.args[3])(context, builder, args[3]).data
+        lane0 = builder.insert_element(ir.Constant(ir.VectorType(ir.FloatType(), 8), None),
+                                       args[2], ir.Constant(ir.IntType(32), 0))
+        shifts = _shuffle(builder, lane0, lane0, [0] * 8)
+        values = builder.fadd(builder.load(_vector_at(builder, source, args[1]), align=4),
+                              shifts)
+        second = builder.add(args[4], ir.Constant(args[4].type, 8))
+        for half, where in ((0, args[4]), (4, second)):
+            old = builder.load(_vector_at(builder, target, where), align=4)
+            # lanes 0-7: old's, 8-15: values'; value t of this half goes to lane 2t (or 2t + 1)
+            into_evens = [8 + half + t // 2 if t % 2 == 0 else t for t in range(8)]
+            into_odds = [t if t % 2 == 0 else 8 + half + t // 2 for t in range(8)]
+            new = builder.select(args[5], _shuffle(builder, old, values, into_odds),
+                                 _shuffle(builder, old, values, into_evens))
+            builder.store(new, _vector_at(builder, target, where), align=4)
+        return context.get_dummy_value()
+
+    return types.void(src, src_at, shift, dst, dst_at, odd), codegen
+
+
+# --------------------------------------------------------------------------------------------
 # Planes onto the flat padded grid
 # --------------------------------------------------------------------------------------------
 @njit(cache=True)
@@ -118,61 +180,6 @@ def _paired_phase_planes(src, target, base, step, h, w, top, left, sh, rows, col
                 out = u64(base + (f * rows + r) * cols * step)
                 _split_row(src, u64(a * w), target, out, out + u64(rows * cols * step), step,
                            w, left, cols)
-
-
-@intrinsic
-def _split_16(typingctx, src, src_at, dst, even_at, odd_at):
-    """dst[even_at + t] = src[src_at + 2t], dst[odd_at + t] = src[src_at + 2t + 1] for t < 8:
-    two vector loads, two shuffles, two vector stores."""
-    def codegen(context, builder, signature, args):
-        f32x8 = ir.VectorType(ir.FloatType(), 8)
-        i32x8 = ir.VectorType(ir.IntType(32), 8)
-        source = context.make_array(signature.args[0])(context, builder, args[0]).data
-        target = context.make_array(signature.args[2])(context, builder, args[2]).data
-
-        def at(data, index):
-            return builder.bitcast(builder.gep(data, [index]), f32x8.as_pointer())
-        second = builder.add(args[1], ir.Constant(args[1].type, 8))
-        low, high = (builder.load(at(source, index), align=4) for index in (args[1], second))
-        for lanes, where in (([0, 2, 4, 6, 8, 10, 12, 14], args[3]),
-                             ([1, 3, 5, 7, 9, 11, 13, 15], args[4])):
-            part = builder.shuffle_vector(low, high, ir.Constant(i32x8, lanes))
-            builder.store(part, at(target, where), align=4)
-        return context.get_dummy_value()
-
-    return types.void(src, src_at, dst, even_at, odd_at), codegen
-
-
-@intrinsic
-def _put_evens_8(typingctx, src, src_at, shift, dst, dst_at, odd):
-    """dst[dst_at + 2t + odd] = src[src_at + t] + shift for t < 8, the other eight of the 16
-    cells from dst_at rewritten as they were: one vector load of src, two of dst, four
-    shuffles, two selects, two vector stores (a read-modify-write: nothing else may write
-    those cells meanwhile)."""
-    def codegen(context, builder, signature, args):
-        f32x8, i32x8 = ir.VectorType(ir.FloatType(), 8), ir.VectorType(ir.IntType(32), 8)
-        source = context.make_array(signature.args[0])(context, builder, args[0]).data
-        target = context.make_array(signature.args[3])(context, builder, args[3]).data
-
-        def at(data, index):
-            return builder.bitcast(builder.gep(data, [index]), f32x8.as_pointer())
-        lane0 = builder.insert_element(ir.Constant(f32x8, None), args[2],
-                                       ir.Constant(ir.IntType(32), 0))
-        shifts = builder.shuffle_vector(lane0, lane0, ir.Constant(i32x8, [0] * 8))
-        values = builder.fadd(builder.load(at(source, args[1]), align=4), shifts)
-        second = builder.add(args[4], ir.Constant(args[4].type, 8))
-        for half, where in ((0, args[4]), (4, second)):
-            old = builder.load(at(target, where), align=4)
-            # lanes 0-7: old's, 8-15: values'; value t of this half goes to lane 2t (+ 1)
-            even = [8 + half + t // 2 if t % 2 == 0 else t for t in range(8)]
-            odd = [t if t % 2 == 0 else 8 + half + t // 2 for t in range(8)]
-            new = builder.select(args[5],
-                                 builder.shuffle_vector(old, values, ir.Constant(i32x8, odd)),
-                                 builder.shuffle_vector(old, values, ir.Constant(i32x8, even)))
-            builder.store(new, at(target, where), align=4)
-        return context.get_dummy_value()
-
-    return types.void(src, src_at, shift, dst, dst_at, odd), codegen
 
 
 @njit(cache=True, inline="always")

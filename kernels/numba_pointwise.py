@@ -44,7 +44,7 @@ from numba import uint64 as u64
 from numba.extending import intrinsic
 
 from refnas.kernels.numba_direct import (_EMPTY, _EMPTY_INTS as _NO_INTS, _arguments, _launch,
-                                        _stack_array, _job_dims)
+                                        _job_dims, _shuffle, _stack_array, _vector_at)
 from refnas.kernels.numba_jobs import job
 
 ROWS = 6             # rows of the product (output channels) per register block
@@ -67,17 +67,6 @@ def applies(x_shape, w_shape, stride, padding, dilation, groups, dtype) -> bool:
 # --------------------------------------------------------------------------------------------
 # Cells in and out
 # --------------------------------------------------------------------------------------------
-def _shuffle(builder, a, b, lanes):
-    """The lanes ``lanes`` of a and b side by side (0-7: a's, 8-15: b's)."""
-    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8), lanes))
-
-
-def _vector_at(builder, data, index):
-    """A pointer to the 8 floats from data[index], for a vector load or store."""
-    return builder.bitcast(builder.gep(data, [index]),
-                           ir.VectorType(ir.FloatType(), 8).as_pointer())
-
-
 @intrinsic
 def _transpose_8x8(typingctx, src, src_at, src_pitch, dst, dst_at, dst_pitch):
     """dst[dst_at + j*dst_pitch + i] = src[src_at + i*src_pitch + j] for i, j < 8: eight
