@@ -23,7 +23,8 @@ in its core's cache:
   :math:`\hat x_n^\top` (L, C) for the weight gradient (:class:`KeptColumns`), transposed
   by 8 x 8 tiles in registers while :math:`\hat x_n` is in L1;
 * the input gradient multiplies :math:`W^\top \bar y_n`, reading :math:`\bar y` where it lies,
-  then zeroes each of x̄'s planes whole and writes its cells (the plane still in L1);
+  then zeroes each of x̄'s planes whole and writes its cells (the plane still in L1), or,
+  on stride-2 maps with rows of 32+ cells, writes x̄'s rows whole (:func:`_scatter`);
 * the weight gradient adds :math:`\sum_n \bar y_n \hat x_n^\top` over a group of samples
   into the group's share in one product (the sum over the group in registers), from the
   kept :math:`\hat x^\top` or, without it, gathering and transposing each sample's; the
