@@ -359,10 +359,7 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
                 # shares of the parts' taps are even, and each owns its cells of gx whole)
                 kb = kb * (k_blocks // parts) + task % (k_blocks // parts)
             k0 = kb * OUT_BLOCK
-            part = 0
-            while (part + 1) * _PLACE < place.size and k0 >= place[(part + 1) * _PLACE + 10]:
-                part += 1
-            at = part * _PLACE
+            at = kb // (k_blocks // parts) * _PLACE        # the row of the block's part
             tap_lo, tap_hi, k_first, k_end = place[at + 8], place[at + 9], place[at + 10], \
                 place[at + 11]
             # w is (K, C, taps) from w_base; or, ``flipped``, the (C, K, taps) kernel of the

@@ -114,15 +114,14 @@ def _evens_8(typingctx, src, src_at, dst, dst_at):
 
 
 @njit(inline="always")
-def _gather(x, n, channels, h, w, sh, sw, oh, ow, panel, pitch):
+def _gather(x, n, channels, h, w, sh, sw, oh, ow, runs, panel, pitch):
     """x̂ of sample n: panel[(c, l)] = x[n, c, i*sh, j*sw] (l = i*OW + j; rows ``pitch``
-    apart); nothing else is written. With a column stride of 2, runs of 8 cells by
-    :func:`_evens_8`, and the cells past the runs in a loop of their own, entered only when
-    there are some. (Each row had been a loop of copies ``x[2j]``, which LLVM vectorised,
-    followed by the loop of what was left, usually nothing: 5.2 ns per 16-cell row on the
-    first shortcut, 2.9 ns as runs; that forward, keeping x̂^T, 109 -> 98-100 us on two
-    threads.)"""
-    runs = min(ow, w // 2) // 8 * 8 if sw == 2 else 0      # a run reads x[2j .. 2j + 15] < W
+    apart); nothing else is written. The first ``runs`` cells of each row (see :func:`_task`)
+    by :func:`_evens_8`, 8 at a time, and the cells past the runs in a loop of their own,
+    entered only when there are some. (Each row had been a loop of copies ``x[2j]``, which
+    LLVM vectorised, followed by the loop of what was left, usually nothing: 5.2 ns per
+    16-cell row on the first shortcut, 2.9 ns as runs; that forward, keeping x̂^T,
+    109 -> 98-100 us on two threads.)"""
     for c in range(channels):
         plane = u64((n * channels + c) * h * w)
         for i in range(oh):
@@ -191,12 +190,12 @@ def _zero_8(typingctx, dst, dst_at):
 
 
 @njit(inline="always")
-def _scatter(cells, pitch, n, channels, h, w, sh, sw, oh, ow, gx):
+def _scatter(cells, pitch, n, channels, h, w, sh, sw, oh, ow, runs, gx):
     """x̄ of sample n: gx[n, c, i*sh, j*sw] = cells[c, i*OW + j] (rows ``pitch`` apart), every
     other cell zero: each plane zeroed whole (LLVM makes the loop a memset), then its cells
-    written. With a column stride of 2, runs of 8 cells go out as vectors of (cell, 0) pairs,
-    whose zeros land on cells already zero; the cells past the runs go in a loop of their
-    own, entered only when there are some (as in :func:`_gather`).
+    written. The first ``runs`` cells of each row (see :func:`_task`) go out 8 at a time,
+    as vectors of (cell, 0) pairs, whose zeros land on cells already zero; the cells past the
+    runs go in a loop of their own, entered only when there are some (as in :func:`_gather`).
 
     When the runs cover every row of a stride-2 map of rows of 32+ cells (ResNet-18's first
     shortcut), there is no memset: each output row's runs write its row of x̄ whole, and the
@@ -208,8 +207,6 @@ def _scatter(cells, pitch, n, channels, h, w, sh, sw, oh, ow, gx):
     were no faster, and neither was the product storing its sums straight into x̄ as pairs.
     Rows written whole, without the memset: 98-100 -> 95 us on the first shortcut's input
     gradient (32x32 maps), but 79.4-79.8 -> 81 us on the second's (16x16; same process)."""
-    # the runs' pairs stay inside the row: 2j + 16 <= W for a run from cell j
-    runs = min(ow, w // 2) // 8 * 8 if sw == 2 else 0
     # rows written whole (no memset): runs over every cell, nothing below the last row
     whole = sh == 2 and runs == ow and 2 * ow == w and 2 * oh == h and w >= 32
     for c in range(channels):
@@ -307,6 +304,10 @@ def _task(task, address, tasks):
     x, w, bias, gy, out, _, _, dims = _arguments(address)
     n, c_in, k_out, h, wd, sh, sw, oh, ow, group, mode = dims[:11]
     length = oh * ow
+    # the cells of an output row that the gather and the scatter move in runs of 8 (column
+    # stride 2 only): a run from cell j covers columns 2j .. 2j + 15 of x's and x̄'s rows,
+    # which must lie inside them (2j + 16 <= W)
+    runs = min(ow, wd // 2) // 8 * 8 if sw == 2 else 0
     pitch, c_pitch = -(-length // COLS) * COLS, -(-c_in // COLS) * COLS     # whole blocks
     forward = mode == _FORWARD_ONLY or mode == _FORWARD_KEEPING
     # the forward keeping x̂^T writes it into the gy slot; a backward given it reads it from
@@ -340,7 +341,7 @@ def _task(task, address, tasks):
                     (kind == _INPUT_GRAD) != (step >= count):
                 continue
             if kind != _INPUT_GRAD and gathering:
-                _gather(x, sample, c_in, h, wd, sh, sw, oh, ow, panel, pitch)    # x̂_n
+                _gather(x, sample, c_in, h, wd, sh, sw, oh, ow, runs, panel, pitch)   # x̂_n
                 if kind == _WEIGHT_GRAD or keeping:                        # and x̂_n^T
                     into, into_at = (gy, sample * length * c_pitch) if keeping else \
                         (columns, (sample - first) * length * c_pitch)
@@ -374,7 +375,7 @@ def _task(task, address, tasks):
                      bias if kind == _FORWARD else bias[:0], target, t_at, t_pitch, repeat,
                      a_step)
             if kind == _INPUT_GRAD:
-                _scatter(cells, pitch, sample, c_in, h, wd, sh, sw, oh, ow, out)
+                _scatter(cells, pitch, sample, c_in, h, wd, sh, sw, oh, ow, runs, out)
             elif kind == _FORWARD and padded:
                 for k in range(k_out):
                     for p in range(length):
