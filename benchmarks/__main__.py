@@ -157,10 +157,18 @@ def _number(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _target(machine: dict[str, Any]) -> str:
+    """" (znver4, Numba code AVX2)", or nothing when the run did not record it."""
+    if "cpu" not in machine:
+        return ""
+    return f" ({machine['cpu']}, Numba code {machine.get('numba_vectors', 'other')})"
+
+
 def markdown(results: dict[str, Any], command: str) -> str:
     """The README tables."""
     lines = [f"Measured with `{command}` (load average {results['machine']['load_average_1min']}, "
-             f"{results['machine']['cpu_count']} cores, refnas threads {results['threads']}, "
+             f"{results['machine']['cpu_count']} cores{_target(results['machine'])}, "
+             f"refnas threads {results['threads']}, "
              f"PyTorch threads {results['torch_threads']}; NumPy float32 matmul "
              f"{results['matmul_gflops']:.0f} GFLOP/s at the start of the run, "
              f"{results['matmul_gflops_end']:.0f} at its end).", "",

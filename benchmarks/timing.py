@@ -61,12 +61,28 @@ def machine() -> dict[str, object]:
         info["numba"] = numba.__version__
     except ImportError:
         pass
+    info.update(_numba_target())
     try:
         import torch
         info["torch"] = torch.__version__
     except ImportError:
         pass
     return info
+
+
+def _numba_target() -> dict[str, str]:
+    """The CPU LLVM sees ("cpu", e.g. znver4) and the widest vectors Numba's code is compiled
+    for ("numba_vectors": AVX-512, AVX2 or other; refnas turns AVX-512 off, see
+    :func:`refnas.backend.numba_cpu_features`)."""
+    try:
+        import llvmlite.binding as llvm
+        features = os.environ.get("NUMBA_CPU_FEATURES") or llvm.get_host_cpu_features().flatten()
+        name = os.environ.get("NUMBA_CPU_NAME") or llvm.get_host_cpu_name()
+    except (ImportError, RuntimeError):
+        return {}
+    on = set(item[1:] for item in features.split(",") if item.startswith("+"))
+    return {"cpu": name, "numba_vectors": "AVX-512" if "avx512f" in on else
+            "AVX2" if "avx2" in on else "other"}
 
 
 def _load_average() -> float | None:

@@ -338,12 +338,56 @@ def _prepare_numba() -> None:
       workqueue BLAS keeps its own pool: OpenMP's or BLAS's polling threads next to another
       pool made a parallel loop followed by an sgemm take about 10x the sum of the two here,
       workqueue's sleeping threads about their sum. The workqueue layer is not thread-safe, so
-      calls into Numba kernels are serialised by a lock (see :func:`kernel`).
+      calls into Numba kernels are serialised by a lock (see :func:`kernel`);
+    * the instruction set it compiles for: :func:`numba_cpu_features`.
     """
     if "numba" not in sys.modules:
         os.environ.setdefault("NUMBA_NUM_THREADS", str(max(num_threads(), _cores())))
         os.environ.setdefault("NUMBA_THREADING_LAYER", "default")
         os.environ.setdefault("NUMBA_THREADING_LAYER_PRIORITY", "tbb workqueue omp")
+        features = numba_cpu_features()
+        if features is not None:
+            os.environ["NUMBA_CPU_FEATURES"] = features
+
+
+# LLVM's x86 tunings that keep its vectorisers from gathers and scatters (LLVM 17 and later)
+_NO_GATHERS = (17, ",+prefer-no-gather,+prefer-no-scatter")
+
+
+def numba_cpu_features() -> str | None:
+    """The CPU features Numba compiles for when refnas imports it first: the host's, with
+    AVX-512 off and LLVM told to prefer no gathers and scatters; None (Numba's own choice,
+    the host's features) off x86-64, or when ``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES`` or
+    ``NUMBA_ENABLE_AVX`` is set (the user's choice stands).
+
+    Why: the register-blocked loops of the direct convolution and the 1x1 products hold their
+    partial sums in a small stack array that LLVM's SLP vectoriser turns into AVX2 registers
+    (see :mod:`refnas.kernels.numba_direct`). Where AVX-512 is on, gathers and scatters are
+    legal, and on an AMD EPYC of the Zen 4 generation LLVM 22 vectorised those sums across
+    the wrong axis, as 4-wide gathers and scatters of the stack array: a 3x3 convolution ran
+    at 2 GFLOP/s instead of 150. With ``prefer-no-gather`` and ``prefer-no-scatter`` alone the
+    loops became 512-bit FMAs, but whole steps were slower than as AVX2 code (the loops' blocks
+    are sized for AVX2's sixteen 256-bit registers, and Zen 4 runs a 512-bit FMA as two
+    256-bit halves): ResNet-18 59.6-59.8 ms against 52.9-53.2 ms, 256-bit vectors with
+    AVX-512's registers 54.6-56.0 ms (processes taking turns, two calm rounds each).
+
+    Process-wide: Numba code of your own compiled in the same process gets the same
+    features. Set ``NUMBA_CPU_FEATURES`` (or ``NUMBA_CPU_NAME``) to choose otherwise."""
+    if any(name in os.environ for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES",
+                                           "NUMBA_ENABLE_AVX")):
+        return None
+    try:
+        import llvmlite.binding as llvm
+        features = llvm.get_host_cpu_features()
+    except (ImportError, RuntimeError):
+        return None
+    if not features.get("avx2"):               # not x86-64, or too old to matter
+        return None
+    for name in features:
+        if name.startswith(("avx512", "avx10")) or name == "evex512":
+            features[name] = False
+    version, no_gathers = _NO_GATHERS
+    return features.flatten() + (no_gathers if llvm.llvm_version_info >= (version,) else "")
 
 
 def _share_blas_pool() -> bool:

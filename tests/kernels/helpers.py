@@ -69,19 +69,23 @@ def assert_close(got: Any, want: Any, bound: Any = None) -> None:
             f"max excess at {worst}: got {g[worst]}, want {w[worst]}, tolerance {tolerance[worst]}")
 
 
-def fused_multiply_adds(tmp_path, module: str, jobs: dict[str, str]) -> dict[str, tuple[int, int]]:
-    """name -> (vector, scalar) counts of fused multiply-adds in the machine code of each job
-    (an expression on ``module``, imported as m), compiled afresh: in a new process with an
-    empty Numba cache (code loaded from the cache cannot be inspected)."""
+def fused_multiply_adds(tmp_path, module: str,
+                        jobs: dict[str, str]) -> dict[str, tuple[int, int, int]]:
+    """name -> (vector, scalar) counts of fused multiply-adds, and the count of gathers and
+    scatters, in the machine code of each job (an expression on ``module``, imported as m),
+    compiled afresh: in a new process with an empty Numba cache (code loaded from the cache
+    cannot be inspected)."""
     lines = ["import re", f"import {module} as m"]
     for name, expression in jobs.items():
         lines.append(f"asm = ({expression}).assembly()")
         lines.append(f"print({name!r}, len(re.findall(r'vfmadd\\w+ps\\s+%[yz]mm', asm)),"
-                     " len(re.findall(r'vfmadd\\w+s[sd]', asm)))")
+                     " len(re.findall(r'vfmadd\\w+s[sd]', asm)),"
+                     " len(re.findall(r'\\bv(?:p?gather|scatter)', asm)))")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", "\n".join(lines)], env=env,
                             capture_output=True, text=True, timeout=300, check=True)
-    counts = {name: (int(vector), int(scalar))
-              for name, vector, scalar in (line.split() for line in result.stdout.splitlines())}
+    counts = {name: (int(vector), int(scalar), int(gathers))
+              for name, vector, scalar, gathers in (line.split()
+                                                   for line in result.stdout.splitlines())}
     assert set(counts) == set(jobs), result.stdout
     return counts

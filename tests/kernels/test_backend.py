@@ -80,6 +80,55 @@ def test_thread_count_from_the_environment():
     assert "REFNAS_NUM_THREADS" in bad.stderr
 
 
+def _host_features() -> dict[str, bool]:
+    import llvmlite.binding as llvm
+    return dict(llvm.get_host_cpu_features())
+
+
+@needs_numba
+def test_numba_compiles_for_the_host_without_avx512_and_gathers(monkeypatch):
+    """On an x86-64 host with AVX2, Numba is told the host's features with AVX-512 off and,
+    on LLVM 17+, a preference for no gathers and scatters; every other feature the host has
+    stays on. The user's own NUMBA_CPU_* choice is left alone."""
+    import llvmlite.binding as llvm
+    for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_ENABLE_AVX"):
+        monkeypatch.delenv(name, raising=False)
+    host = _host_features()
+    features = backend.numba_cpu_features()
+    if not host.get("avx2"):
+        assert features is None
+        return
+    named = dict((item[1:], item[0] == "+") for item in features.split(","))
+    for name, on in host.items():
+        avx512 = name.startswith(("avx512", "avx10")) or name == "evex512"
+        assert named[name] == (on and not avx512), name
+    gathers = llvm.llvm_version_info >= (17,)
+    assert named.get("prefer-no-gather", False) == gathers
+    assert named.get("prefer-no-scatter", False) == gathers
+    for name, value in (("NUMBA_CPU_FEATURES", "+avx2"), ("NUMBA_CPU_NAME", "generic"),
+                        ("NUMBA_ENABLE_AVX", "0")):
+        monkeypatch.setenv(name, value)
+        assert backend.numba_cpu_features() is None
+        monkeypatch.delenv(name)
+
+
+@needs_numba
+def test_numba_code_is_generated_with_those_features(monkeypatch):
+    """In a new process, importing the kernels sets NUMBA_CPU_FEATURES before Numba is
+    imported, and Numba's code generator (whose features also key its disk cache) uses it;
+    a value the user set is used as it is."""
+    for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_ENABLE_AVX"):
+        monkeypatch.delenv(name, raising=False)        # (this process's import set one)
+    expected = backend.numba_cpu_features()
+    if expected is None:                               # not x86-64 with AVX2
+        pytest.skip("Numba keeps the host's features here")
+    code = ("import refnas.kernels.numba_cpu; from numba.core.registry import cpu_target; "
+            "print(cpu_target.target_context.codegen()._tm_features)")
+    assert _python(code) == expected
+    user = "+avx2,+fma,+prefer-no-gather"
+    assert _python(code, NUMBA_CPU_FEATURES=user) == user
+
+
 def test_set_num_threads_rejects_bad_counts():
     with pytest.raises(ValueError, match="positive int"):
         backend.set_num_threads(0)

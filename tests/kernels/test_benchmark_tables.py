@@ -199,3 +199,21 @@ def test_the_conv_totals_table_shows_each_workloads_totals():
             if line.startswith(("| resnet18 |", "| cnn-s |"))}
     assert rows["resnet18"] == ["20 (11)", "12.35", "101.0", "55%", "15.00", "88.0", "48%"]
     assert rows["cnn-s"] == ["2 (2)", "3.00", "120.0", "60%", "—", "—", "—"]
+
+
+def test_heading_names_the_cpu_and_the_vectors_of_numbas_code():
+    results = _results({"mlp-s": {"numpy_ms": 0.9, "numba_ms": None, "torch_ms": None}})
+    assert "2 cores, refnas" in markdown(results, "python -m benchmarks")
+    results["machine"].update(cpu="znver4", numba_vectors="AVX2")
+    assert "2 cores (znver4, Numba code AVX2), refnas" in markdown(results,
+                                                                   "python -m benchmarks")
+
+
+@pytest.mark.parametrize("features, vectors", [("+avx2,+fma,-avx512f", "AVX2"),
+                                               ("+avx2,+avx512f,+avx512vl", "AVX-512"),
+                                               ("+sse4.2,-avx2", "other")])
+def test_the_vectors_of_numbas_code_follow_its_cpu_features(monkeypatch, features, vectors):
+    from benchmarks.timing import _numba_target
+    monkeypatch.setenv("NUMBA_CPU_FEATURES", features)
+    monkeypatch.setenv("NUMBA_CPU_NAME", "skylake-avx512")
+    assert _numba_target() == {"cpu": "skylake-avx512", "numba_vectors": vectors}

@@ -175,7 +175,8 @@ def test_the_pointwise_loops_compile_to_vector_code(tmp_path):
     multiply-adds per step, unrolled) is fused multiply-adds on vector registers, and none is
     scalar: the SLP vectoriser and the stack-allocated sums did their work. As scalar code the
     loops would still be right, only several times slower (inlined into the job at Numba's
-    level, the product came out scalar: 16 scalar multiply-adds, no vector ones)."""
-    (vector, scalar), = fused_multiply_adds(tmp_path, "refnas.kernels.numba_pointwise",
-                                            {"job": "m._JOB"}).values()
-    assert vector >= 12 and scalar == 0, (vector, scalar)
+    level, the product came out scalar: 16 scalar multiply-adds, no vector ones). No gathers
+    or scatters either (see the direct loops' test of the same)."""
+    (vector, scalar, gathers), = fused_multiply_adds(tmp_path, "refnas.kernels.numba_pointwise",
+                                                     {"job": "m._JOB"}).values()
+    assert vector >= 12 and scalar == 0 and gathers == 0, (vector, scalar, gathers)
