@@ -339,15 +339,43 @@ def _prepare_numba() -> None:
       pool made a parallel loop followed by an sgemm take about 10x the sum of the two here,
       workqueue's sleeping threads about their sum. The workqueue layer is not thread-safe, so
       calls into Numba kernels are serialised by a lock (see :func:`kernel`);
-    * the instruction set it compiles for: :func:`numba_cpu_features`.
+    * the instruction set it compiles for, :func:`numba_cpu_features`. Numba reads that one
+      when it builds its code generator, at its first compile, so it is set even when Numba
+      was imported first (see :func:`_late_cpu_features`).
     """
+    features = numba_cpu_features()
     if "numba" not in sys.modules:
         os.environ.setdefault("NUMBA_NUM_THREADS", str(max(num_threads(), _cores())))
         os.environ.setdefault("NUMBA_THREADING_LAYER", "default")
         os.environ.setdefault("NUMBA_THREADING_LAYER_PRIORITY", "tbb workqueue omp")
-        features = numba_cpu_features()
         if features is not None:
             os.environ["NUMBA_CPU_FEATURES"] = features
+    elif features is not None:
+        _late_cpu_features(features)
+
+
+def _late_cpu_features(features: str) -> None:
+    """Numba was imported before refnas: give it ``features`` if it has compiled nothing yet
+    (its code generator, built at the first compile, takes them then), else warn when the
+    code generator it built has AVX-512 on (see :func:`numba_cpu_features`)."""
+    import numba
+    try:
+        from numba.core.registry import cpu_target
+        built = "_toplevel_target_context" in vars(cpu_target)
+        current = cpu_target.target_context.codegen()._tm_features if built else ""
+    except (ImportError, AttributeError):        # another Numba's internals: set them anyway
+        built, current = False, ""
+    if not built:
+        os.environ["NUMBA_CPU_FEATURES"] = features
+        numba.config.CPU_FEATURES = features
+    elif "+avx512f" in current.split(","):
+        warnings.warn(
+            "refnas: Numba compiled code before refnas could choose its CPU features, so its "
+            "kernels are compiled with AVX-512 on, which can make the convolutions many times "
+            "slower. Import refnas.kernels (or call refnas.backend.available()) before "
+            "compiling any Numba code, or set NUMBA_CPU_FEATURES to "
+            "refnas.backend.numba_cpu_features() before starting Python.",
+            RuntimeWarning, stacklevel=3)
 
 
 # LLVM's x86 tunings that keep its vectorisers from gathers and scatters (LLVM 17 and later)

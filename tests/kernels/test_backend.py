@@ -127,6 +127,17 @@ def test_numba_code_is_generated_with_those_features(monkeypatch):
     assert _python(code) == expected
     user = "+avx2,+fma,+prefer-no-gather"
     assert _python(code, NUMBA_CPU_FEATURES=user) == user
+    # Numba imported first, nothing compiled yet: the features still reach its code generator
+    assert _python("import numba; " + code) == expected
+    # something compiled first: too late, and said so where it matters (AVX-512 on)
+    late = subprocess.run(
+        [sys.executable, "-W", "always", "-c",
+         "import numba; numba.njit(lambda v: v + 1)(1); " + code],
+        env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    assert late.returncode == 0, late.stderr
+    assert late.stdout.strip() != expected
+    assert ("compiled code before refnas" in late.stderr) == _host_features().get("avx512f",
+                                                                                  False)
 
 
 def test_set_num_threads_rejects_bad_counts():
