@@ -359,6 +359,34 @@ def test_the_direct_loops_compile_to_vector_code(tmp_path):
     assert all(vector >= 8 and gathers == 0 for vector, _, gathers in counts.values()), counts
 
 
+@pytest.mark.parametrize("c, kernel_hw, hw", [
+    (2, (3, 3), (11, 12)), (4, (1, 3), (11, 12)), (5, (3, 3), (11, 12)),   # samples interleaved
+    (16, (3, 3), (11, 12)), (8, (3, 2), (11, 12)),
+    (16, (3, 3), (17, 17)), (7, (1, 3), (20, 18))])                       # (N, C) planes
+def test_weight_gradients_with_taps_in_the_blocks_slots(c, kernel_hw, hw):
+    """Stride-1 weight gradients of a few channels, not whole blocks, whose taps are whole
+    blocks: each block is one channel with three of its taps in the slots; equal to the
+    reference, through the direct loops alone and through conv2d_backward (ȳ's padded
+    planes shared with the input gradient), on both layouts of the planes."""
+    direct = _direct()
+    taps = kernel_hw[0] * kernel_hw[1]
+    assert direct._taps_in_slots(c, taps, (1, 1)) and not direct._taps_in_slots(c, taps, (2, 2))
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((3, c, *hw)).astype(np.float32)
+    w = rng.standard_normal((5, c, *kernel_hw)).astype(np.float32)
+    padding = (kernel_hw[0] // 2, kernel_hw[1] // 2)
+    geometry = ((1, 1), padding, (1, 1), 1)
+    forward, _ = numba_and_reference("conv2d_forward")
+    gy = rng.standard_normal(forward(x, w, *geometry).shape).astype(np.float32)
+    _, reference = numba_and_reference("conv2d_weight_grad")
+    want = reference(x, gy, w.shape, *geometry)
+    bound = reference(np.abs(x), np.abs(gy), w.shape, *geometry)
+    assert_close(direct.weight_grad(x, gy, w.shape, padding, (1, 1)), want, bound=bound)
+    backward, _ = numba_and_reference("conv2d_backward")
+    _, kept = forward(x, w, *geometry, keep_columns=True)
+    assert_close(backward(gy, x, w, *geometry, columns=kept)[1], want, bound=bound)
+
+
 def test_kept_planes_of_another_convolution_are_ignored():
     """The weight gradient uses the forward's planes only when they are its own grid's: planes
     of another shape (or an im2col column matrix) are not read."""
