@@ -383,9 +383,9 @@ _NO_GATHERS = (17, ",+prefer-no-gather,+prefer-no-scatter")
 
 
 def numba_cpu_features() -> str | None:
-    """The CPU features Numba compiles for when refnas imports it first: the host's, with
-    AVX-512 off and LLVM told to prefer no gathers and scatters; None (Numba's own choice,
-    the host's features) off x86-64, or when ``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES`` or
+    """The CPU features refnas gives Numba (:func:`_prepare_numba`): the host's, with AVX-512
+    off and LLVM told to prefer no gathers and scatters; None (Numba's own choice, the host's
+    features) off x86-64, or when ``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES`` or
     ``NUMBA_ENABLE_AVX`` is set (the user's choice stands).
 
     Why: the register-blocked loops of the direct convolution and the 1x1 products hold their
