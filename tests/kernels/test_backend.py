@@ -85,14 +85,20 @@ def _host_features() -> dict[str, bool]:
     return dict(llvm.get_host_cpu_features())
 
 
+@pytest.fixture
+def no_cpu_choice(monkeypatch):
+    """No NUMBA_CPU_* choice in the environment (this process's own import of the kernels
+    set NUMBA_CPU_FEATURES)."""
+    for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_ENABLE_AVX"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @needs_numba
-def test_numba_compiles_for_the_host_without_avx512_and_gathers(monkeypatch):
+def test_numba_compiles_for_the_host_without_avx512_and_gathers(no_cpu_choice, monkeypatch):
     """On an x86-64 host with AVX2, Numba is told the host's features with AVX-512 off and,
     on LLVM 17+, a preference for no gathers and scatters; every other feature the host has
     stays on. The user's own NUMBA_CPU_* choice is left alone."""
     import llvmlite.binding as llvm
-    for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_ENABLE_AVX"):
-        monkeypatch.delenv(name, raising=False)
     host = _host_features()
     features = backend.numba_cpu_features()
     if not host.get("avx2"):
@@ -113,12 +119,10 @@ def test_numba_compiles_for_the_host_without_avx512_and_gathers(monkeypatch):
 
 
 @needs_numba
-def test_numba_code_is_generated_with_those_features(monkeypatch):
+def test_numba_code_is_generated_with_those_features(no_cpu_choice):
     """In a new process, importing the kernels sets NUMBA_CPU_FEATURES before Numba is
     imported, and Numba's code generator (whose features also key its disk cache) uses it;
     a value the user set is used as it is."""
-    for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_ENABLE_AVX"):
-        monkeypatch.delenv(name, raising=False)        # (this process's import set one)
     expected = backend.numba_cpu_features()
     if expected is None:                               # not x86-64 with AVX2
         pytest.skip("Numba keeps the host's features here")
