@@ -411,8 +411,8 @@ def numba_cpu_features() -> str | None:
         return None
     if not features.get("avx2"):               # not x86-64, or too old to matter
         return None
-    for name in features:
-        if name.startswith(("avx512", "avx10")) or name == "evex512":
+    for name in features:         # (and what needs AVX-512, such as amx-avx512)
+        if "avx512" in name or name.startswith("avx10") or name == "evex512":
             features[name] = False
     version, no_gathers = _NO_GATHERS
     return features.flatten() + (no_gathers if llvm.llvm_version_info >= (version,) else "")
