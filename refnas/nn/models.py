@@ -176,8 +176,12 @@ class BasicBlock(Module):
             self.shortcut = Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        # the shortcut first, while x is still in the cache from the layer that wrote it (after
+        # the main branch, the 1x1 projection read x from memory: a ResNet-18 step 0.3-1.0 ms
+        # slower, six rounds side by side, same losses)
+        shortcut = self.shortcut(x)
         out = self.bn2(self.conv2(self.bn1(self.conv1(x))))
-        return ops.add_relu(out, self.shortcut(x))          # relu(out + shortcut), one pass
+        return ops.add_relu(out, shortcut)                  # relu(out + shortcut), one pass
 
     def flops(self, inputs: tuple, output: Any) -> int:
         return 2 * int(math.prod(output.shape))  # the residual addition and the ReLU after it
