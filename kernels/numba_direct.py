@@ -393,10 +393,13 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
                             for kk in range(OUT_BLOCK):
                                 for t in range(POS_BLOCK):
                                     sums[kk * POS_BLOCK + t] = gridf[u64(kk * span + o0 + t)]
-                        for c in range(c0, min(c0 + chunk, c_in)):
-                            plane = u64((n * c_in + c) * length + o0)
-                            for tap in range(tap_lo, tap_hi):
-                                row = plane + u64(offsets[u64(tap)])
+                        # taps outside, channels inside: a part of a strided layer's
+                        # phases has 1-4 taps, too few for an inner loop (the strided input
+                        # gradients 2-7% faster, the 4x4 layers' passes 2-5%, the others alike)
+                        for tap in range(tap_lo, tap_hi):
+                            tap_at = u64(offsets[u64(tap)]) + u64(o0)
+                            for c in range(c0, min(c0 + chunk, c_in)):
+                                row = u64((n * c_in + c) * length) + tap_at
                                 for kk in range(OUT_BLOCK):
                                     # a block past the part's last channel reads that
                                     # channel, then is dropped
