@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -89,6 +90,9 @@ def _conv_case(shape: dict[str, Any], backend: str, rng) -> dict[str, Callable]:
     return calls
 
 
+_PRODUCTS = "blas_products"      # the sgemm reference's key among a layer's timings
+
+
 def _blas_products(shape: dict[str, Any], rng) -> dict[str, Callable]:
     """The layer's three products as one NumPy sgemm each, on operands already laid out:
     forward W (K, D) @ X (D, P), input gradient W^T (D, K) @ Ȳ (K, P), weight gradient
@@ -119,22 +123,24 @@ _WITH_INPUT_GRAD = " with the input gradient"     # PyTorch's figures: name + th
 _WITH_INPUT_GRAD_KEY = "_with_input_grad"           # the JSON's keys: figure + this
 
 
-def torch_conv_seconds(repeats: int, threads: int) -> dict[str, dict[str, Any]] | None:
+def torch_conv_seconds(repeats: int, threads: int,
+                       windows: int = 1) -> dict[str, dict[str, Any]] | None:
     """Median seconds of PyTorch's conv2d forward + backward on the same shapes, or None
     without torch: the input gradient only where a training step needs it (autograd skips it
     for an input that does not require a gradient), and for the other layers also with it
     (under the name + _WITH_INPUT_GRAD); each under "seconds", with NumPy's matmul rate
     timed just before and just after the layer's calls under "matmul_gflops"
-    (:func:`_matmul_around`). Run in a process of its own (see
-    ``python -m benchmarks.kernel_bench``): PyTorch's OpenMP threads and BLAS's spin against
-    each other in one process on two cores."""
+    (:func:`_matmul_around`), both over ``windows`` windows of ``repeats`` rounds
+    (:func:`_windowed`). Run in a process of its own (see ``python -m
+    benchmarks.kernel_bench``): PyTorch's OpenMP threads and BLAS's spin against each other in
+    one process on two cores."""
     try:
         import torch
     except ImportError:
         return None
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    calls: dict[str, Callable] = {}
+    measures: dict[str, Callable[[], dict[str, float]]] = {}
     for workload in ("cnn-s", "resnet18"):
         for shape in conv_shapes(workload):
             x_data = rng.standard_normal(shape["x"]).astype(np.float32)
@@ -151,14 +157,15 @@ def torch_conv_seconds(repeats: int, threads: int) -> dict[str, dict[str, Any]] 
             name = _conv_name(workload, shape)
             # suffix -> whether x requires a gradient
             variants = {"": True} if shape["input_grad"] else {"": False, _WITH_INPUT_GRAD: True}
-            calls[name] = {}
-            for suffix, needs in variants.items():
-                x = torch.from_numpy(x_data.copy()).requires_grad_(needs)
-                calls[name][name + suffix] = lambda step=step, x=x: step(x)
+            calls = {name + suffix: (lambda step=step, x=torch.from_numpy(
+                x_data.copy()).requires_grad_(needs): step(x))
+                for suffix, needs in variants.items()}
+            # each variant timed on its own (one does not warm the other's caches)
+            measures[name] = lambda calls=calls: {
+                variant: interleaved_medians({variant: call}, repeats)[variant]
+                for variant, call in calls.items()}
     timed: dict[str, Any] = {}
-    for name, variants in calls.items():
-        seconds, matmul = _matmul_around(lambda: {variant: interleaved_medians(
-            {variant: call}, repeats)[variant] for variant, call in variants.items()})
+    for seconds, matmul in _windowed(measures, windows).values():
         for variant, value in seconds.items():
             timed[variant] = {"seconds": value, "matmul_gflops": matmul}
     return timed
@@ -181,8 +188,29 @@ def _matmul_around(measure: Callable[[], Any], settle_s: float = 0.02) -> tuple[
     return result, (before + matmul_gflops(repeats=10)) / 2
 
 
-def _torch_conv_child(repeats: int, threads: int) -> dict[str, dict[str, Any]] | None:
-    command = [sys.executable, "-m", "benchmarks.kernel_bench", str(repeats), str(threads)]
+def _windowed(measures: dict[str, Callable[[], dict[Any, float]]],
+              windows: int) -> dict[str, tuple[dict[Any, float], float]]:
+    """Each layer's ``measure()`` (seconds by key) in ``windows`` windows, the layers taking
+    turns (round-robin), each window between two matmuls (:func:`_matmul_around`); per layer,
+    the median over its windows of every seconds value and of the matmul rate. A slow period
+    of this shared machine that falls on one window of a layer is outvoted by the other two
+    (one window per layer had left single layers of a run at 40-48% of the matmul rate when
+    they read 56-61% in the other runs and timed alone, their own sgemm reference slowed as
+    much)."""
+    runs: dict[str, list[tuple[dict[Any, float], float]]] = {name: [] for name in measures}
+    for _ in range(windows):
+        for name, measure in measures.items():
+            runs[name].append(_matmul_around(measure))
+    return {name: ({key: statistics.median(seconds[key] for seconds, _ in taken)
+                    for key in taken[0][0]},
+                   statistics.median(rate for _, rate in taken))
+            for name, taken in runs.items()}
+
+
+def _torch_conv_child(repeats: int, threads: int,
+                      windows: int = 1) -> dict[str, dict[str, Any]] | None:
+    command = [sys.executable, "-m", "benchmarks.kernel_bench", str(repeats), str(threads),
+               str(windows)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=1800)
     if result.returncode != 0:
@@ -200,7 +228,8 @@ def _training_figures(figures: dict[str, Any], passes: int, flops: int, seconds:
     figures["fraction_of_matmul" + suffix] = rate / matmul
 
 
-def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2) -> dict[str, Any]:
+def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2,
+                    windows: int = 1) -> dict[str, Any]:
     """GFLOP/s of conv2d forward, input and weight gradient each alone, and of the passes a
     training step runs (the forward keeping its planes or columns for ``conv2d_backward``,
     or, for a layer that reads the network's input, for the weight gradient alone; such a
@@ -209,57 +238,71 @@ def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2) -
     products as plain sgemm calls on operands laid out beforehand ("blas_products", see
     :func:`_blas_products`). Each layer's rates are also given as fractions of the matmul
     rate timed just before and after its calls (its "matmul_gflops"; PyTorch's, in its own
-    process, around PyTorch's calls: :func:`_matmul_around`)."""
+    process, around PyTorch's calls: :func:`_matmul_around`). Every figure is the median of
+    ``windows`` windows of ``repeats`` interleaved rounds, the layers taking turns
+    (:func:`_windowed`)."""
     rng = np.random.default_rng(0)
     results: dict[str, Any] = {}
-    torch_seconds = _torch_conv_child(repeats, torch_threads) or {}
+    torch_seconds = _torch_conv_child(repeats, torch_threads, windows) or {}
+    layers: dict[str, tuple[str, dict[str, Any]]] = {}
+    measures: dict[str, Callable[[], dict[tuple[str, str], float]]] = {}
     for workload in ("cnn-s", "resnet18"):
         for shape in conv_shapes(workload):
             name = _conv_name(workload, shape)
-            flops, passes = _shape_flops(shape), _passes(shape)
-            entry: dict[str, Any] = {"workload": workload, "count_in_model": shape["count"],
-                                     "input_grad_in_training": shape["input_grad"],
-                                     "flops": flops, "passes": passes}
-            (per_backend, products), matmul = _matmul_around(lambda: (
-                {backend: interleaved_medians(_conv_case(shape, backend, rng), repeats)
-                 for backend in backends},
-                interleaved_medians(_blas_products(shape, rng), repeats)))
-            entry["matmul_gflops"] = matmul
-            for backend, seconds in per_backend.items():
-                figures = {"gflops": {part: flops / s / 1e9 for part, s in seconds.items()
-                                      if not part.startswith("training")},
-                           "ms": {part: s * 1e3 for part, s in seconds.items()}}
-                # the passes as a training step runs them (what PyTorch's figure times)
-                _training_figures(figures, passes, flops, seconds["training"], matmul)
-                if "training_with_input_grad" in seconds:
-                    _training_figures(figures, 3, flops, seconds["training_with_input_grad"],
-                                      matmul, _WITH_INPUT_GRAD_KEY)
-                entry[backend] = figures
-            # the same products as plain sgemm calls (the input gradient's where training
-            # computes it), for scale
-            seconds = products
-            figures = {"ms": {part: s * 1e3 for part, s in seconds.items()}}
-            _training_figures(figures, passes, flops, seconds["forward"] + seconds["weight_grad"]
-                              + (seconds["input_grad"] if shape["input_grad"] else 0.0), matmul)
-            if not shape["input_grad"]:
-                _training_figures(figures, 3, flops, sum(seconds.values()), matmul,
-                                  _WITH_INPUT_GRAD_KEY)
-            entry["blas_products"] = figures
-            entry["torch"] = None
-            timed = torch_seconds.get(name)
+            layers[name] = workload, shape
+            # who -> part -> call: each backend's, and the plain sgemm products'
+            calls = {**{backend: _conv_case(shape, backend, rng) for backend in backends},
+                     _PRODUCTS: _blas_products(shape, rng)}
+            measures[name] = lambda calls=calls: {
+                (who, part): seconds for who, parts in calls.items()
+                for part, seconds in interleaved_medians(parts, repeats).items()}
+    windowed = _windowed(measures, windows)
+    for name, (workload, shape) in layers.items():
+        flops, passes = _shape_flops(shape), _passes(shape)
+        entry: dict[str, Any] = {"workload": workload, "count_in_model": shape["count"],
+                                 "input_grad_in_training": shape["input_grad"],
+                                 "flops": flops, "passes": passes}
+        medians, matmul = windowed[name]
+        per_backend = {backend: {part: seconds for (who, part), seconds in medians.items()
+                                 if who == backend} for backend in backends}
+        products = {part: seconds for (who, part), seconds in medians.items()
+                    if who == _PRODUCTS}
+        entry["matmul_gflops"] = matmul
+        for backend, seconds in per_backend.items():
+            figures = {"gflops": {part: flops / s / 1e9 for part, s in seconds.items()
+                                  if not part.startswith("training")},
+                       "ms": {part: s * 1e3 for part, s in seconds.items()}}
+            # the passes as a training step runs them (what PyTorch's figure times)
+            _training_figures(figures, passes, flops, seconds["training"], matmul)
+            if "training_with_input_grad" in seconds:
+                _training_figures(figures, 3, flops, seconds["training_with_input_grad"],
+                                  matmul, _WITH_INPUT_GRAD_KEY)
+            entry[backend] = figures
+        # the same products as plain sgemm calls (the input gradient's where training
+        # computes it), for scale
+        seconds = products
+        figures = {"ms": {part: s * 1e3 for part, s in seconds.items()}}
+        _training_figures(figures, passes, flops, seconds["forward"] + seconds["weight_grad"]
+                          + (seconds["input_grad"] if shape["input_grad"] else 0.0), matmul)
+        if not shape["input_grad"]:
+            _training_figures(figures, 3, flops, sum(seconds.values()), matmul,
+                              _WITH_INPUT_GRAD_KEY)
+        entry[_PRODUCTS] = figures
+        entry["torch"] = None
+        timed = torch_seconds.get(name)
+        if timed:
+            figures = entry["torch"] = {"ms": {"forward_backward": timed["seconds"] * 1e3},
+                                        "matmul_gflops": timed["matmul_gflops"]}
+            _training_figures(figures, passes, flops, timed["seconds"],
+                              timed["matmul_gflops"])
+            timed = torch_seconds.get(name + _WITH_INPUT_GRAD)
             if timed:
-                figures = entry["torch"] = {"ms": {"forward_backward": timed["seconds"] * 1e3},
-                                            "matmul_gflops": timed["matmul_gflops"]}
-                _training_figures(figures, passes, flops, timed["seconds"],
-                                  timed["matmul_gflops"])
-                timed = torch_seconds.get(name + _WITH_INPUT_GRAD)
-                if timed:
-                    _training_figures(figures, 3, flops, timed["seconds"],
-                                      timed["matmul_gflops"], _WITH_INPUT_GRAD_KEY)
-                    figures["matmul_gflops" + _WITH_INPUT_GRAD_KEY] = timed["matmul_gflops"]
-                    figures["ms"]["forward_backward" + _WITH_INPUT_GRAD_KEY] = \
-                        timed["seconds"] * 1e3
-            results[name] = entry
+                _training_figures(figures, 3, flops, timed["seconds"],
+                                  timed["matmul_gflops"], _WITH_INPUT_GRAD_KEY)
+                figures["matmul_gflops" + _WITH_INPUT_GRAD_KEY] = timed["matmul_gflops"]
+                figures["ms"]["forward_backward" + _WITH_INPUT_GRAD_KEY] = \
+                    timed["seconds"] * 1e3
+        results[name] = entry
     return results
 
 
@@ -359,12 +402,19 @@ def memory_benchmarks(backends: list[str], repeats: int) -> dict[str, Any]:
     return results
 
 
+# A full run times each convolution in this many windows of half its rounds (see _windowed);
+# a quick one (fewer than 10 rounds) in one
+CONV_WINDOWS = 3
+
+
 def run_kernels(repeats: int, torch_threads: int = 2) -> dict[str, Any]:
     backends = [b for b in ("numpy", "numba") if b in available()]
-    conv2d = conv_benchmarks(backends, repeats, torch_threads)
+    windows = CONV_WINDOWS if repeats >= 10 else 1
+    conv2d = conv_benchmarks(backends, repeats if windows == 1 else -(-repeats // 2),
+                             torch_threads, windows)
     return {"conv2d": conv2d, "conv2d_totals": conv_totals(conv2d),
             "memory": memory_benchmarks(backends, repeats)}
 
 
-if __name__ == "__main__":   # python -m benchmarks.kernel_bench REPEATS TORCH_THREADS
-    print(json.dumps(torch_conv_seconds(int(sys.argv[1]), int(sys.argv[2]))))
+if __name__ == "__main__":   # python -m benchmarks.kernel_bench REPEATS TORCH_THREADS WINDOWS
+    print(json.dumps(torch_conv_seconds(*(int(value) for value in sys.argv[1:4]))))

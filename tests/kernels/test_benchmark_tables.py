@@ -123,8 +123,9 @@ def test_a_layers_fractions_are_of_the_matmul_rate_timed_around_its_calls(monkey
         return next(rates)
 
     def products(shape, rng):
-        order.append("layer")
-        return real_products(shape, rng)
+        """The sgemm reference's calls, each noting that the layer's calls ran."""
+        return {part: (lambda call=call: order.append("layer") or call())
+                for part, call in real_products(shape, rng).items()}
 
     real_products = kernel_bench._blas_products
     small = {"x": (2, 3, 8, 8), "w": (4, 3, 3, 3), "stride": (1, 1), "padding": (1, 1),
@@ -132,15 +133,42 @@ def test_a_layers_fractions_are_of_the_matmul_rate_timed_around_its_calls(monkey
     monkeypatch.setattr(kernel_bench.time, "sleep", lambda seconds: None)
     monkeypatch.setattr(kernel_bench, "matmul_gflops", matmul_gflops)
     monkeypatch.setattr(kernel_bench, "_blas_products", products)
-    monkeypatch.setattr(kernel_bench, "_torch_conv_child", lambda repeats, threads: None)
+    monkeypatch.setattr(kernel_bench, "_torch_conv_child", lambda repeats, threads, windows: None)
     monkeypatch.setattr(kernel_bench, "conv_shapes",
                         lambda workload: [small] if workload == "cnn-s" else [])
     (entry,) = kernel_bench.conv_benchmarks(["numpy"], repeats=1).values()
-    assert order == ["matmul", "layer", "matmul"]
+    assert order[0] == "matmul" and order[-1] == "matmul" and "matmul" not in order[1:-1]
+    assert "layer" in order
     assert entry["matmul_gflops"] == 180.0
     for who in ("numpy", "blas_products"):
         assert entry[who]["fraction_of_matmul"] == pytest.approx(
             entry[who]["gflops"]["forward_backward"] / 180.0)
+
+
+def test_layers_are_timed_in_windows_taken_in_turn_and_their_medians_kept(monkeypatch):
+    """With several windows the layers take turns (a, b, a, b, ...), each window between two
+    matmuls; a layer keeps the median of its windows' seconds (per key) and of their matmul
+    rates, so one window in a slow period of the machine does not decide its figures."""
+    from benchmarks import kernel_bench
+    events = []
+    rates = iter([200.0, 200.0, 100.0, 120.0, 190.0, 210.0, 200.0, 200.0, 200.0, 200.0,
+                  200.0, 200.0])
+    monkeypatch.setattr(kernel_bench.time, "sleep", lambda s: None)
+    monkeypatch.setattr(kernel_bench, "matmul_gflops",
+                        lambda repeats: events.append("matmul") or next(rates))
+    seconds = {"a": iter([1.0, 9.0, 2.0]), "b": iter([5.0, 5.0, 4.0])}
+
+    def measure(name):
+        events.append(name)
+        return {("numba", "training"): next(seconds[name])}
+    windowed = kernel_bench._windowed({"a": lambda: measure("a"), "b": lambda: measure("b")},
+                                      windows=3)
+    assert [e for e in events if e != "matmul"] == ["a", "b", "a", "b", "a", "b"]
+    assert events[:3] == ["matmul", "a", "matmul"]
+    # a's windows: matmul (200+200)/2, (190+210)/2, (200+200)/2; seconds 1, 9, 2
+    assert windowed["a"] == ({("numba", "training"): 2.0}, 200.0)
+    # b's: (100+120)/2 = 110 (a slow window), 200, 200; seconds 5, 5, 4
+    assert windowed["b"] == ({("numba", "training"): 5.0}, 200.0)
 
 
 def test_pytorchs_matmul_rate_is_timed_around_its_calls_after_its_threads_settle(monkeypatch):
