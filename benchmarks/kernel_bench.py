@@ -410,9 +410,10 @@ CONV_WINDOWS = 3
 def run_kernels(repeats: int, torch_threads: int = 2) -> dict[str, Any]:
     backends = [b for b in ("numpy", "numba") if b in available()]
     windows = CONV_WINDOWS if repeats >= 10 else 1
-    conv2d = conv_benchmarks(backends, repeats if windows == 1 else -(-repeats // 2),
-                             torch_threads, windows)
+    rounds = repeats if windows == 1 else -(-repeats // 2)
+    conv2d = conv_benchmarks(backends, rounds, torch_threads, windows)
     return {"conv2d": conv2d, "conv2d_totals": conv_totals(conv2d),
+            "conv2d_windows": {"windows": windows, "rounds_per_window": rounds},
             "memory": memory_benchmarks(backends, repeats)}
 
 
