@@ -157,9 +157,10 @@ def torch_conv_seconds(repeats: int, threads: int,
             name = _conv_name(workload, shape)
             # suffix -> whether x requires a gradient
             variants = {"": True} if shape["input_grad"] else {"": False, _WITH_INPUT_GRAD: True}
-            calls = {name + suffix: (lambda step=step, x=torch.from_numpy(
-                x_data.copy()).requires_grad_(needs): step(x))
-                for suffix, needs in variants.items()}
+            calls = {}
+            for suffix, needs in variants.items():
+                x = torch.from_numpy(x_data.copy()).requires_grad_(needs)
+                calls[name + suffix] = lambda step=step, x=x: step(x)
             # each variant timed on its own (one does not warm the other's caches)
             measures[name] = lambda calls=calls: {
                 variant: interleaved_medians({variant: call}, repeats)[variant]
@@ -280,12 +281,11 @@ def conv_benchmarks(backends: list[str], repeats: int, torch_threads: int = 2,
             entry[backend] = figures
         # the same products as plain sgemm calls (the input gradient's where training
         # computes it), for scale
-        seconds = products
-        figures = {"ms": {part: s * 1e3 for part, s in seconds.items()}}
-        _training_figures(figures, passes, flops, seconds["forward"] + seconds["weight_grad"]
-                          + (seconds["input_grad"] if shape["input_grad"] else 0.0), matmul)
+        figures = {"ms": {part: s * 1e3 for part, s in products.items()}}
+        _training_figures(figures, passes, flops, products["forward"] + products["weight_grad"]
+                          + (products["input_grad"] if shape["input_grad"] else 0.0), matmul)
         if not shape["input_grad"]:
-            _training_figures(figures, 3, flops, sum(seconds.values()), matmul,
+            _training_figures(figures, 3, flops, sum(products.values()), matmul,
                               _WITH_INPUT_GRAD_KEY)
         entry[_PRODUCTS] = figures
         entry["torch"] = None
