@@ -139,7 +139,8 @@ def test_numba_code_is_generated_with_those_features(no_cpu_choice):
          "import numba; numba.njit(lambda v: v + 1)(1); " + code],
         env=dict(os.environ), capture_output=True, text=True, timeout=120)
     assert late.returncode == 0, late.stderr
-    assert late.stdout.strip() != expected
+    import llvmlite.binding as llvm
+    assert late.stdout.strip() == llvm.get_host_cpu_features().flatten()    # Numba's own
     assert ("compiled code before refnas" in late.stderr) == _host_features().get("avx512f",
                                                                                   False)
 
