@@ -306,15 +306,66 @@ def _pad_planes(source, dims, phases, target, first, last):
 
 
 # --------------------------------------------------------------------------------------------
+# The taps: where each reads, and for which outputs it reads inside the image
+# --------------------------------------------------------------------------------------------
+_ANYWHERE = 1 << 40      # an end past every row and position: a tap that is never skipped
+
+
+def _inside(size, pad, read, step, count) -> tuple[int, int]:
+    r"""The outputs [lo, hi) along one axis (of ``count``) whose input index
+    :math:`s i + r - p` (stride ``step``, the tap's read ``r`` = p d, padding ``pad``) lies in
+    the image, :math:`0 \le s i + r - p < \text{size}`: lo = ceil((p - r)/s), hi = ceil((size +
+    p - r)/s), clipped to [0, count] (lo >= hi: the tap reads only padding)."""
+    return max(0, -((read - pad) // step)), min(count, -((read - pad - size) // step))
+
+
+def _tap_table(offsets, rows=None, positions=None):
+    """The loops' table of taps (int64, five rows of T): each tap's offset (see :class:`_Grid`),
+    then the output rows [first, end) and the positions of a row [first, end) where it reads
+    inside the image; without ``rows`` and ``positions``, everywhere (_ANYWHERE).
+
+    The loops that sweep row by row (interleaved planes) skip a tap where it would read only
+    padding: with 3x3 kernels and padding 1 on ResNet-18's 4x4 maps, a third of the rows and
+    of the columns' taps; the sums are the same (they added zeros), and oneDNN's direct
+    kernels skip these taps too."""
+    t = offsets.size
+    rows = [(0, _ANYWHERE)] * t if rows is None else rows
+    positions = [(0, _ANYWHERE)] * t if positions is None else positions
+    return np.array([list(offsets), *zip(*rows), *zip(*positions)], np.int64).reshape(-1)
+
+
+@njit(inline="always")
+def _tap_reach(table, first, end):
+    """The output rows [first, end) and positions of a row [first, end) where some of the taps
+    [first, end) read inside the image (:func:`_tap_table`)."""
+    t = table.size // 5
+    row_lo, row_hi, at_lo, at_hi = _ANYWHERE, 0, _ANYWHERE, 0
+    for tap in range(first, end):
+        row_lo, row_hi = min(row_lo, table[t + tap]), max(row_hi, table[2 * t + tap])
+        at_lo, at_hi = min(at_lo, table[3 * t + tap]), max(at_hi, table[4 * t + tap])
+    return row_lo, row_hi, at_lo, at_hi
+
+
+@njit(inline="always")
+def _reads_image(table, tap, row, at):
+    """Whether tap ``tap`` reads inside the image for output row ``row`` at one of the
+    positions [at, at + POS_BLOCK) of the row (a forward block)."""
+    t = table.size // 5
+    return (table[t + tap] <= row < table[2 * t + tap]
+            and table[3 * t + tap] < at + POS_BLOCK and at < table[4 * t + tap])
+
+
+# --------------------------------------------------------------------------------------------
 # Forward (and, with the kernel flipped, input gradient)
 # --------------------------------------------------------------------------------------------
 @njit(cache=True, fastmath={"contract"})
-def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
+def _forward_tasks(xf, wf, bias, raw, yf, taps_table, place, dims, first, last):
     """Tasks [first, last) of y = w * x (+ b): one per (plane group n, block of OUT_BLOCK output
     channels of each part), or, when ``padded_here``, one per sample n with all its blocks.
 
-    Tap t of the kernel reads the input ``offsets[t]`` past the output position (see
-    :class:`_Grid`). A plane holds one sample, or all N samples interleaved (``lanes`` = N);
+    Tap t of the kernel reads the input ``taps_table[t]`` past the output position (see
+    :class:`_Grid` and :func:`_tap_table`). Swept row by row, a block skips the taps that
+    read only padding for all its outputs (:func:`_reads_image`). A plane holds one sample, or all N samples interleaved (``lanes`` = N);
     then there is one plane group and the outputs are swept row by row (``rows`` > 1),
     skipping the padding columns. With ``padded_here`` (stride 1, a plane per sample), each
     task first pads its sample's planes from the raw input ``raw`` into its part of ``xf``:
@@ -397,7 +448,10 @@ def _forward_tasks(xf, wf, bias, raw, yf, offsets, place, dims, first, last):
                         # phases has 1-4 taps, too few for an inner loop (the strided input
                         # gradients 2-7% faster, the 4x4 layers' passes 2-5%, the others alike)
                         for tap in range(tap_lo, tap_hi):
-                            tap_at = u64(offsets[u64(tap)]) + u64(o0)
+                            if rows > 1 and not _reads_image(taps_table, tap, r,
+                                                             o0 - r * pitch):
+                                continue
+                            tap_at = u64(taps_table[u64(tap)]) + u64(o0)
                             for c in range(c0, min(c0 + chunk, c_in)):
                                 row = u64((n * c_in + c) * length) + tap_at
                                 for kk in range(OUT_BLOCK):
@@ -492,7 +546,7 @@ def _masked_forward_sample(copies, wf, bias, raw, yf, offsets, dims, n):
 # Weight gradient
 # --------------------------------------------------------------------------------------------
 @njit(inline="always")
-def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
+def _weight_grad_tasks(xf, gf, gwf, taps_table, dims, first, last):
     """Tasks [first, last) of (block of GRAD_OUT_BLOCK output channels, block of GRAD_IN_BLOCK
     input channels): gw[k, c, tap] = sum over samples and positions of gy * x at the tap's
     offset.
@@ -511,7 +565,10 @@ def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
     the reference would give an infinite one.
 
     With ``taps_in_slots`` (see :func:`_taps_in_slots`) a task's block is one input channel,
-    and its GRAD_IN_BLOCK slots hold that many of the channel's taps instead of channels."""
+    and its GRAD_IN_BLOCK slots hold that many of the channel's taps instead of channels.
+
+    Swept row by row, a tap sweeps only the rows and the positions of a row where it reads
+    inside the image (:func:`_tap_table`): elsewhere x is padding, whose terms are zero."""
     c_in, k_out, rows, run, pitch, taps, x_stride, g_stride, strip, x_pitch, \
         taps_in_slots = dims[:11]
     c_blocks = c_in if taps_in_slots else (c_in + GRAD_IN_BLOCK - 1) // GRAD_IN_BLOCK
@@ -536,19 +593,24 @@ def _weight_grad_tasks(xf, gf, gwf, offsets, dims, first, last):
                 for tap in range(0, taps, tap_step):
                     for s in range(_GRAD_SUMS):
                         sums[s] = 0
-                    for r in range(r0, min(r0 + band, rows)):
+                    # the rows, and positions of a row, where the block's taps read inside
+                    # the image (elsewhere x is padding: zero terms)
+                    first_row, end_row, first_at, end_at = _tap_reach(
+                        taps_table, tap, min(tap + tap_step, taps))
+                    first_at = max(s0, first_at // LANES * LANES)
+                    end_at = min(s0 + min(strip, run - s0), -(-end_at // LANES) * LANES)
+                    for r in range(max(r0, first_row), min(r0 + band, rows, end_row)):
                         # x's runs may lie further apart than gy's (``x_pitch``, when not 0)
                         ahead = u64(r * (x_pitch - pitch)) if x_pitch else u64(0)
                         # the taps of the three slots (taps in slots: slots past the last
                         # tap read it again, and their sums are dropped)
-                        shift = u64(offsets[u64(tap)]) + ahead
-                        shift_1 = u64(offsets[u64(min(tap + 1, taps - 1))]) + ahead \
+                        shift = u64(taps_table[u64(tap)]) + ahead
+                        shift_1 = u64(taps_table[u64(min(tap + 1, taps - 1))]) + ahead \
                             if taps_in_slots else shift
-                        shift_2 = u64(offsets[u64(min(tap + 2, taps - 1))]) + ahead \
+                        shift_2 = u64(taps_table[u64(min(tap + 2, taps - 1))]) + ahead \
                             if taps_in_slots else shift
                         shift, shift_1, shift_2 = shift + x_0, shift_1 + x_1, shift_2 + x_2
-                        start = r * pitch + s0
-                        for o in range(start, start + min(strip, run - s0), LANES):
+                        for o in range(r * pitch + first_at, r * pitch + end_at, LANES):
                             for kk in range(GRAD_OUT_BLOCK):
                                 # blocks past the last channel read channel K-1 (or C-1),
                                 # and their sums are dropped
@@ -613,8 +675,8 @@ def _pad_task(task, address, tasks):
 
 
 def _forward_task(task, address, tasks):
-    """A block of :func:`_forward_tasks` (a..e = padded x, w, bias, raw x, y; ints = the tap
-    offsets, place = its parts)."""
+    """A block of :func:`_forward_tasks` (a..e = padded x, w, bias, raw x, y; ints = the taps'
+    table (:func:`_tap_table`), place = its parts)."""
     a, b, c, d, e, ints, place, dims = _arguments(address)
     _forward_tasks(a, b, c, d, e, ints, place, dims, np.int64(task), np.int64(task) + 1)
 
@@ -627,7 +689,7 @@ def _masked_forward_task(task, address, tasks):
 
 
 def _weight_grad_task(task, address, tasks):
-    """A block of :func:`_weight_grad_tasks` (a, b, c = x, gy, gw; ints = the tap offsets)."""
+    """A block of :func:`_weight_grad_tasks` (a, b, c = x, gy, gw; ints = the taps' table)."""
     a, b, c, _, _, ints, _, dims = _arguments(address)
     _weight_grad_tasks(a, b, c, ints, dims, np.int64(task), np.int64(task) + 1)
 
@@ -713,6 +775,13 @@ class _Grid:
                                  + a // sh * self.pitch + b // sw * self.lanes
                                  for a, b in reads], np.int64)
         self.reach = reach = int(self.offsets.max())         # how far past an output taps read
+        # the taps' table, with the output rows and positions of a row (column j's lanes)
+        # where each reads inside the image, for the loops that sweep row by row
+        inside_rows = [_inside(self.h, self.ph, a, sh, self.oh) for a, _ in reads]
+        inside_cols = [_inside(self.w, self.pw, b, sw, self.ow) for _, b in reads]
+        self.taps = _tap_table(self.offsets, inside_rows, [
+            (lo * self.lanes, hi * self.lanes) for lo, hi in inside_cols])
+        self.taps_anywhere = _tap_table(self.offsets)
         # the forward sweeps interleaved planes row by row, unless a row's blocks would reach
         # into the next row's (blocks summed in chunks of channels must not overlap)
         row_blocks = -(-self.ow * self.lanes // POS_BLOCK) * POS_BLOCK
@@ -937,10 +1006,10 @@ def _convolve(x, w, bias, stride, padding, dilation, flipped=False, keep=False,
             tasks = grid.groups * -(-grid.k // OUT_BLOCK) // (
                 1 if parts is None else len(parts.ranges))
         kept = PaddedInput(grid, padded) if own or keep_output_planes else None
-        offsets, place = (grid.offsets, grid.placement()) if parts is None else \
-            (parts.offsets, parts.place)
+        taps, place = (grid.taps, grid.placement()) if parts is None else \
+            (parts.taps, parts.place)
         _parallel(_FORWARD, padded, flat(w), _EMPTY if bias is None else flat(bias), raw,
-                  y.reshape(-1), offsets, grid.forward_dims(flipped), tasks, place)
+                  y.reshape(-1), taps, grid.forward_dims(flipped), tasks, place)
     return (y, kept) if keep else y
 
 
@@ -1109,6 +1178,11 @@ class _PhasePlan:
                      _interleaves("forward", gy_shape[0], *gy_shape[2:]))
         self.offsets = np.array([grid.offsets[(big_u - a) * (big_v + 1) + big_v - b]
                                  for a, b in shifts], np.int64)
+        # a tap shifted by (a, b) reads gy's cell (i - a, j - b) for output (i, j)
+        self.taps = _tap_table(self.offsets, [
+            _inside(gy_shape[2], a, 0, 1, grid.oh) for a, _ in shifts], [
+            tuple(grid.lanes * end for end in _inside(gy_shape[3], b, 0, 1, grid.ow))
+            for _, b in shifts])
         self.taps_p = np.array([p for taps, _ in phases for p, _ in taps], np.int64)
         self.taps_q = np.array([q for taps, _ in phases for _, q in taps], np.int64)
         self.ranges, rows, lo = [], [], 0
@@ -1154,6 +1228,7 @@ class _MaskedLayout:
         self.oh = h + 2 * ph - dh * (kh - 1)
         self.offsets = np.array([q * self.apart + p * dh * w + q * dw
                                  for p in range(kh) for q in range(kw)], np.int64)
+        self.taps = _tap_table(self.offsets)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1219,7 +1294,7 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_
         layout = _masked_layout(x.shape, w_shape, padding, dilation)
         copies = kept.copies if isinstance(kept, MaskedCopies) and kept.layout is layout \
             else _masked_copies(x, layout)
-        _sweep_weight_grad(copies, flat(gy), gw, layout.offsets, c, k, n, length, k * length,
+        _sweep_weight_grad(copies, flat(gy), gw, layout.taps, c, k, n, length, k * length,
                            layout.length, length, c * layout.length, stride)
         return gw
     grid = _grid(x.shape, w_shape, stride, padding, dilation,
@@ -1232,10 +1307,12 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_
             grid.padded_input(x, channel_major=True)         # last: still in cache
         x_stride, g_stride = grid.groups * grid.length, grid.groups * grid.g_length
         run, pitch, x_pitch = grid.ow * grid.lanes, grid.pitch, 0
+        taps = grid.taps_anywhere
         if gy_planes is not None:                 # gy inside the input gradient's planes
             x_stride, g_stride, rows, run, pitch, x_pitch = gy_planes.sweep
+            taps = grid.taps if grid.lanes > 1 else taps     # (interleaved: row by row)
         elif grid.lanes > 1 and run % LANES == 0:            # row by row, outputs only
-            rows = grid.oh
+            rows, taps = grid.oh, grid.taps
         elif grid.lanes == 1 and (stride != (1, 1) or kept_planes is not None):
             # sample by sample: x channel-major, or the forward's (N, C) planes
             rows, run, pitch, x_pitch = grid.n, grid.g_length, grid.g_length, grid.length
@@ -1243,21 +1320,22 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_
                 x_stride, x_pitch = grid.length, grid.c * grid.length
         else:                                                # everything, zeros included
             rows, run = 1, g_stride
-        _sweep_weight_grad(x_grid, gy_grid, gw, grid.offsets, grid.c, grid.k, rows, run, pitch,
+        _sweep_weight_grad(x_grid, gy_grid, gw, taps, grid.c, grid.k, rows, run, pitch,
                            x_stride, g_stride, x_pitch, stride)
     return gw
 
 
-def _sweep_weight_grad(x_planes, gy_planes, gw, offsets, c, k, rows, run, pitch, x_stride,
+def _sweep_weight_grad(x_planes, gy_planes, gw, taps, c, k, rows, run, pitch, x_stride,
                        g_stride, x_pitch, stride):
     """gw (zeroed, K x C x taps) = the sums of :func:`_weight_grad_tasks` over ``rows`` runs of
     ``run`` positions (``pitch`` apart in gy, ``x_pitch`` in x when not 0; channels
     ``x_stride`` and ``g_stride`` apart), a task per block of channels on the pool, for a
-    convolution of stride ``stride``."""
-    taps_in_slots = _taps_in_slots(c, offsets.size, stride)
-    dims = (c, k, rows, run, pitch, offsets.size, x_stride, g_stride, STRIP, x_pitch,
+    convolution of stride ``stride`` whose taps are ``taps`` (:func:`_tap_table`)."""
+    count = taps.size // 5
+    taps_in_slots = _taps_in_slots(c, count, stride)
+    dims = (c, k, rows, run, pitch, count, x_stride, g_stride, STRIP, x_pitch,
             int(taps_in_slots))
-    _parallel(_WEIGHT_GRAD, x_planes, gy_planes, gw.reshape(-1), _EMPTY, _EMPTY, offsets, dims,
+    _parallel(_WEIGHT_GRAD, x_planes, gy_planes, gw.reshape(-1), _EMPTY, _EMPTY, taps, dims,
               (-(-k // GRAD_OUT_BLOCK)) * (c if taps_in_slots else -(-c // GRAD_IN_BLOCK)))
 
 

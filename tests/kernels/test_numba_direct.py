@@ -228,6 +228,98 @@ def test_direct_loops_at_workload_sizes(x_shape, w_shape, stride, parallel_pad, 
                      bound=reference(*magnitudes, *geometry, **bound_kwargs))
 
 
+@given(data=st.data())
+def test_each_tap_skips_exactly_the_outputs_where_it_reads_padding(data):
+    """The taps' table (``_tap_table``): tap (p, q) is marked inside the image for output
+    row i exactly when s_h i + p d_h - p_h lies in [0, H), and for the positions of column j
+    (j * lanes .. on interleaved planes) exactly when s_w j + q d_w - p_w lies in [0, W); the
+    table's first row is the taps' offsets. Checked cell by cell against that definition."""
+    direct = _direct()
+    x_shape, w_shape, stride, padding, dilation, out_hw = _case(data)
+    assume(min(out_hw) > 0 and (stride == (1, 1) or direct._pairs_phases(
+        stride[1], direct._phases(stride, dilation, w_shape[2:]))))
+    interleave = data.draw(st.booleans(), label="interleave")
+    grid = direct._Grid(x_shape, w_shape, stride, padding, dilation, interleave)
+    taps = grid.offsets.size
+    table = grid.taps.reshape(5, taps)
+    np.testing.assert_array_equal(table[0], grid.offsets)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    for tap in range(taps):
+        p, q = divmod(tap, w_shape[3])
+        for i in range(out_hw[0]):
+            assert (table[1, tap] <= i < table[2, tap]) == (0 <= sh * i + p * dh - ph < x_shape[2])
+        for j in range(out_hw[1]):
+            inside = 0 <= sw * j + q * dw - pw < x_shape[3]
+            for at in (j * grid.lanes, (j + 1) * grid.lanes - 1):
+                assert (table[3, tap] <= at < table[4, tap]) == inside
+    # the table that never skips
+    assert (grid.taps_anywhere.reshape(5, taps)[1::2] == 0).all()
+    assert (grid.taps_anywhere.reshape(5, taps)[2::2] >= 1 << 40).all()
+
+
+def test_taps_that_read_only_padding_are_skipped():
+    """Swept row by row (ResNet-18's 4x4 maps, samples interleaved), the loops skip a tap for
+    the rows where it reads only padding, as oneDNN does: a NaN weight at tap (0, 1) makes
+    every output NaN but those of row 0, which equal the convolution without that tap
+    (PyTorch gives the same; the NumPy reference, which multiplies the padding's zeros by
+    NaN, gives NaN everywhere). Likewise an infinite output gradient in row 0 leaves the
+    weight gradient of the taps (0, q) finite, the sums without that row's products with the
+    padding. A loop that summed the skipped taps fails both."""
+    direct = _direct()
+    rng = np.random.default_rng(3)
+    x_shape, w_shape, padding = (32, 8, 4, 4), (8, 8, 3, 3), (1, 1)
+    assert direct._interleaves("forward", 32, 4, 4) and direct._interleaves("weight_grad", 32, 4, 4)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    _, reference = numba_and_reference("conv2d_forward")
+    without = w.copy()
+    without[:, :, 0, 1] = 0
+    w[:, :, 0, 1] = np.nan
+    for y in (direct.forward(x, w, None, padding, (1, 1)),
+              direct.input_grad(x, w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], padding, (1, 1),
+                                (1, 1), x_shape)):
+        assert np.isnan(y[:, :, 1:]).all()
+        want = reference(x, without, (1, 1), padding, (1, 1), 1)[:, :, :1]
+        assert_close(y[:, :, :1], want,
+                     bound=reference(np.abs(x), np.abs(without), (1, 1), padding, (1, 1), 1)[:, :, :1])
+    gy = rng.standard_normal(x_shape).astype(np.float32)
+    gy[:, :, 0] = np.inf
+    gw = direct.weight_grad(x, gy, w_shape, padding, (1, 1))
+    finite = gy.copy()
+    finite[:, :, 0] = 0
+    _, weight_grad = numba_and_reference("conv2d_weight_grad")
+    assert_close(gw[:, :, 0], weight_grad(x, finite, w_shape, (1, 1), padding, (1, 1), 1)[:, :, 0],
+                 bound=weight_grad(np.abs(x), np.abs(finite), w_shape, (1, 1), padding, (1, 1), 1)[:, :, 0])
+    assert not np.isfinite(gw[:, :, 1:]).any()
+
+
+def test_strided_input_gradients_skip_the_taps_that_read_past_the_output_gradient():
+    """By phases (stride 2 onto 4x4 output maps, samples interleaved, swept row by row), a
+    tap reads the padding past gy where no output reads the cell of x through it; those reads
+    are skipped. With a NaN weight at tap (0, 1), the input gradient is then NaN exactly
+    where the reference (the adjoint, summing over the outputs that read each cell) has it:
+    x's rows 1, 3, 5 at even columns, while row 7, which tap (0, 1) reads for no output, stays
+    finite and equal to the reference; summing the padding's zeros times NaN, it was NaN."""
+    direct = _direct()
+    rng = np.random.default_rng(5)
+    x_shape, w_shape, stride, padding = (32, 8, 8, 8), (8, 8, 3, 3), (2, 2), (1, 1)
+    gy = rng.standard_normal((32, 8, 4, 4)).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    w[:, :, 0, 1] = np.nan
+    plan = direct._phase_plan(x_shape, w_shape, gy.shape, stride, padding, (1, 1))
+    assert direct._grid(gy.shape, plan.w_shape, (1, 1), plan.padding, (1, 1), True).sweeps > 1
+    got = direct.input_grad(gy, w, padding, (1, 1), stride, x_shape)
+    _, reference = numba_and_reference("conv2d_input_grad")
+    want = reference(gy, w, x_shape, stride, padding, (1, 1), 1)
+    nan = np.zeros(x_shape, bool)
+    nan[:, :, 1:7:2, 0::2] = True
+    np.testing.assert_array_equal(np.isnan(want), nan)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    assert_close(np.where(nan, 0, got), np.where(nan, 0, want),
+                 bound=np.where(nan, 0, reference(np.abs(gy), np.nan_to_num(np.abs(w)), x_shape,
+                                                  stride, padding, (1, 1), 1)))
+
+
 def _assert_runs_inside_rows(x_shape, w_shape, stride, padding, dilation):
     """The input gradient by phases writes the first ``runs`` cells of a phase's row by
     read-modify-writes of 16 columns from the even column at or before the row's first cell
