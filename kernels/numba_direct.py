@@ -554,8 +554,8 @@ def _weight_grad_tasks(xf, gf, gwf, taps_table, dims, first, last):
     Here x and gy are laid out channel-major: all samples of a channel are one flat range
     (``x_stride`` and ``g_stride`` apart), (N, C) planes one after another, or one plane of N
     interleaved samples. The positions are swept in ``rows`` runs of ``run`` values, ``pitch``
-    apart in gy and ``x_pitch`` (if not 0) in x. It goes in strips of STRIP positions: all
-    taps sweep one strip while its few KB of gy and x are in the L1 cache (one sweep per tap
+    apart in gy and ``x_pitch`` (if not 0) in x. It goes in strips of ``strip`` positions
+    (STRIP, or a whole run of up to WHOLE_RUN_MAX): all taps sweep one strip while its few KB of gy and x are in the L1 cache (one sweep per tap
     over whole planes ran from L2 at about half the speed); runs shorter than a strip go
     several to a strip (the rows of 4x4 and 8x8 interleaved maps: their weight gradients 7-8%
     faster than a strip per row, a ResNet-18 step 0.9-1.2 ms less). Each (strip, tap) adds its
@@ -874,6 +874,11 @@ def _ints(pair) -> tuple[int, int]:
 # on ResNet-18's 32x32 and 16x16 layers (the strided ones: no strip of 16 positions left over
 # from each sample's 272), a step 0.5 ms less; 768-2048 no better
 STRIP = 512
+# ... but a run of up to this many positions is one strip (its 4 rows of gy and 3 of x, 28 KB,
+# fit the 32 KB L1): a strip of what a run leaves over had cost its tap sweeps' set-up for a
+# few vectors. ResNet-18's 32x32 weight gradient (runs of 1088: 512 + 512 + 64) 1.109 -> 1.041
+# ms, CNN-S's second (rows of 896) 0.889 -> 0.834; side by side, four rounds
+WHOLE_RUN_MAX = 1152
 
 # forward tasks pad their own sample from this many samples on (fewer would not fill the cores)
 PADDED_HERE_MIN_SAMPLES = 8
@@ -1333,7 +1338,8 @@ def _sweep_weight_grad(x_planes, gy_planes, gw, taps, c, k, rows, run, pitch, x_
     convolution of stride ``stride`` whose taps are ``taps`` (:func:`_tap_table`)."""
     count = taps.size // 5
     taps_in_slots = _taps_in_slots(c, count, stride)
-    dims = (c, k, rows, run, pitch, count, x_stride, g_stride, STRIP, x_pitch,
+    strip = run if STRIP < run <= WHOLE_RUN_MAX else STRIP
+    dims = (c, k, rows, run, pitch, count, x_stride, g_stride, strip, x_pitch,
             int(taps_in_slots))
     _parallel(_WEIGHT_GRAD, x_planes, gy_planes, gw.reshape(-1), _EMPTY, _EMPTY, taps, dims,
               (-(-k // GRAD_OUT_BLOCK)) * (c if taps_in_slots else -(-c // GRAD_IN_BLOCK)))

@@ -193,7 +193,7 @@ def test_first_layers_run_on_masked_copies():
 @pytest.mark.parametrize("parallel_pad", [True, False])
 @pytest.mark.parametrize("x_shape, w_shape, stride", [
     ((4, 16, 32, 32), (16, 16, 3, 3), 1), ((8, 16, 32, 32), (16, 16, 3, 3), 1),
-    ((3, 3, 32, 32), (16, 3, 3, 3), 1),
+    ((3, 3, 32, 32), (16, 3, 3, 3), 1), ((2, 1, 24, 24), (16, 1, 3, 3), 1),  # runs of 576
     ((2, 32, 16, 16), (36, 32, 3, 3), 1), ((32, 64, 8, 8), (64, 64, 3, 3), 1),
     ((32, 128, 4, 4), (128, 128, 3, 3), 1), ((32, 16, 32, 32), (32, 16, 3, 3), 2),
     ((32, 32, 16, 16), (64, 32, 3, 3), 2)])
@@ -507,6 +507,7 @@ def test_kept_planes_of_another_convolution_are_ignored():
 @pytest.mark.parametrize("x_shape, w_shape, padding, dilation", [
     ((32, 16, 32, 32), (16, 16, 3, 3), 1, 1),      # plain (N, C) planes, each task pads its sample
     ((4, 5, 17, 17), (6, 5, 3, 3), 1, 1),          # plain planes padded in one pass
+    ((4, 6, 25, 27), (8, 6, 3, 3), 1, 1),          # a weight gradient's run in one strip (728)
     ((32, 64, 8, 8), (64, 64, 3, 3), 1, 1),        # interleaved
     ((32, 128, 4, 4), (128, 128, 3, 3), 1, 1),
     ((8, 4, 20, 18), (5, 4, 3, 3), 2, 2),          # dilated
