@@ -53,7 +53,8 @@ def test_direct_loops_equal_the_reference(data):
     direct = _direct()
     x_shape, w_shape, stride, padding, dilation, out_hw = _case(data)
     largest = data.draw(st.sampled_from([0, 10 ** 6]), label="interleave up to")
-    with mock.patch.dict(direct.INTERLEAVE_MAX, forward=largest, weight_grad=largest):
+    with mock.patch.dict(direct.INTERLEAVE_MAX, forward=largest, weight_grad=largest,
+                         strided=largest):
         _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilation, out_hw)
 
 
@@ -423,18 +424,31 @@ def test_the_numba_kernels_hand_the_direct_loops_their_convolutions():
     assert run((2, 2, 32, 32), (8, 2, 3, 3), stride=(2, 2)) == ["forward", "weight_grad"]
 
 
-def test_the_direct_forward_keeps_no_columns():
-    """A direct forward asked for its columns answers None, so the weight gradient packs x
-    itself (or runs directly) and still equals the reference."""
+def test_the_direct_forward_keeps_its_planes_only_for_a_weight_gradient_on_its_grid():
+    """Stride-1 forwards and weight gradients interleave the same maps (up to 256 positions),
+    so a direct forward asked for its columns keeps x's interleaved planes, and the weight
+    gradient given them equals the reference. Where the weight gradient would run on another
+    grid (here: its threshold patched to 0), the forward answers None, and the weight
+    gradient lays x out itself."""
+    direct = _direct()
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 4, 16, 16)).astype(np.float32)
     w = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((2, 4, 16, 16)).astype(np.float32)
     geometry = ((1, 1), (1, 1), (1, 1), 1)
     forward, forward_reference = numba_and_reference("conv2d_forward")
-    y, columns = forward(x, w, *geometry, keep_columns=True)
-    assert columns is None
-    assert_close(y, forward_reference(x, w, *geometry),
-                 bound=forward_reference(np.abs(x), np.abs(w), *geometry))
+    weight_grad, weight_grad_reference = numba_and_reference("conv2d_weight_grad")
+    for largest, kept in ((None, direct.PaddedInput), (0, type(None))):
+        patch = {} if largest is None else {"weight_grad": largest}
+        with mock.patch.dict(direct.INTERLEAVE_MAX, **patch):
+            y, columns = forward(x, w, *geometry, keep_columns=True)
+            assert isinstance(columns, kept)
+            assert columns is None or columns.grid.lanes == 2
+            assert_close(y, forward_reference(x, w, *geometry),
+                         bound=forward_reference(np.abs(x), np.abs(w), *geometry))
+            assert_close(weight_grad(x, gy, w.shape, *geometry, columns=columns),
+                         weight_grad_reference(x, gy, w.shape, *geometry),
+                         bound=weight_grad_reference(np.abs(x), np.abs(gy), w.shape, *geometry))
 
 
 def test_the_direct_loops_compile_to_vector_code(tmp_path):
