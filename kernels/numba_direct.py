@@ -849,8 +849,13 @@ class _Grid:
         # 115 and 90 GFLOP/s in one sweep, 150 and 140 in chunks of 16; 8 and 32 were no
         # better); each phase plane adds its own rows (stride 2, 4 phases: chunks of 4 took
         # 0.95, 0.75 and 0.78 ms on ResNet-18's three strided 3x3 layers, chunks of 16 1.2,
-        # 0.95 and 0.89)
-        chunk = max(1, IN_CHUNK // (self.phases.size // 2)) if self.lanes > 1 else self.c
+        # 0.95 and 0.89); but onto maps of at most 16 outputs, whose phase rows are short,
+        # chunks of 16 again (Zen 4, side by side, six rounds: the strided layer onto 4x4
+        # outputs 0.62-0.64 ms in chunks of 4, 0.55-0.58 in 8, 0.54-0.57 in 16; the one onto
+        # 8x8 outputs as fast in 4 as in 8 or 16, or faster)
+        phases = self.phases.size // 2
+        chunk = self.c if self.lanes == 1 else \
+            IN_CHUNK if self.oh * self.ow <= 16 else max(1, IN_CHUNK // phases)
         return (self.c, self.k, self.oh, self.ow, self.pitch, self.offsets.size, self.length,
                 self.span, self.lanes, self.sweeps, chunk, int(self.padded_here()), self.h,
                 self.w, self.ph, self.pw, int(flipped))
