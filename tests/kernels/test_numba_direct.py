@@ -197,7 +197,9 @@ def test_first_layers_run_on_masked_copies():
     ((3, 3, 32, 32), (16, 3, 3, 3), 1), ((2, 1, 24, 24), (16, 1, 3, 3), 1),  # runs of 576
     ((2, 32, 16, 16), (36, 32, 3, 3), 1), ((32, 64, 8, 8), (64, 64, 3, 3), 1),
     ((32, 128, 4, 4), (128, 128, 3, 3), 1), ((32, 16, 32, 32), (32, 16, 3, 3), 2),
-    ((32, 32, 16, 16), (64, 32, 3, 3), 2)])
+    ((32, 32, 16, 16), (64, 32, 3, 3), 2),
+    # interleaved planes written eight samples at a time, then three one by one
+    ((11, 8, 13, 13), (8, 8, 3, 3), 1), ((11, 8, 13, 13), (8, 8, 3, 3), 2)])
 def test_direct_loops_at_workload_sizes(x_shape, w_shape, stride, parallel_pad, monkeypatch):
     """ResNet-18-like layers through the registered Numba kernels, which take the direct path
     there (the 8x8 and 4x4 maps and the strided layers on interleaved planes; the strided
