@@ -162,17 +162,22 @@ def _put_evens_8(typingctx, src, src_at, shift, dst, dst_at, odd):
 
 
 @intrinsic
-def _transpose_8x8(typingctx, src, src_at, apart, dst, even_at, odd_at, step):
-    """Eight samples' runs of 8 cells into interleaved planes: row i of the 8 x 8 block is
-    src[src_at + i*apart:][:8] (sample i), and column t, the 8 samples' values of cell t, is
-    stored whole at dst[(odd_at if t is odd else even_at) + (t div 2)*step]. Eight vector
-    loads, 24 shuffles (the unpack / shuffle / 128-bit-lane network of an AVX 8x8 transpose),
-    eight vector stores, where writing the cells one by one takes 64 scalar stores that land
-    ``step`` floats apart."""
+def _transpose_8x8(typingctx, src, src_at, apart, dst, even_at, odd_at, step, shift):
+    """An 8 x 8 block transposed from ``src`` into ``dst``, plus ``shift``: row i of the block
+    is src[src_at + i*apart:][:8], and column t (the rows' cell t) is stored whole at
+    dst[(odd_at if t is odd else even_at) + (t div 2)*step]. Eight vector loads, 24 shuffles
+    (the unpack / shuffle / 128-bit-lane network of an AVX 8x8 transpose), eight vector
+    stores, where moving the cells one by one takes 64 scalar loads and stores, those on one
+    side ``apart`` or ``step`` floats apart. It writes eight samples' runs of 8 cells into
+    interleaved planes (row i = sample i; shift 0), and the forward's sums from interleaved
+    planes into y (row i = a column of 8 samples, column t = sample t's run; shift = bias)."""
     def codegen(context, builder, signature, args):
         source = context.make_array(signature.args[0])(context, builder, args[0]).data
         target = context.make_array(signature.args[3])(context, builder, args[3]).data
         at, gap, even, odd, stride = args[1], args[2], args[4], args[5], args[6]
+        lane0 = builder.insert_element(ir.Constant(ir.VectorType(ir.FloatType(), 8), None),
+                                       args[7], ir.Constant(ir.IntType(32), 0))
+        shifts = _shuffle(builder, lane0, lane0, [0] * 8)
         rows = [builder.load(_vector_at(builder, source, builder.add(
             at, builder.mul(gap, ir.Constant(gap.type, i)))), align=4) for i in range(8)]
         pairs = []          # rows (2i, 2i + 1) interleaved, low and high halves of each lane
@@ -189,11 +194,12 @@ def _transpose_8x8(typingctx, src, src_at, apart, dst, even_at, odd_at, step):
                                   (t + 4, [4, 5, 6, 7, 12, 13, 14, 15])):
                 where = builder.add(odd if column % 2 else even,
                                     builder.mul(stride, ir.Constant(stride.type, column // 2)))
-                builder.store(_shuffle(builder, quads[t], quads[t + 4], lanes),
+                column_values = _shuffle(builder, quads[t], quads[t + 4], lanes)
+                builder.store(builder.fadd(column_values, shifts),
                               _vector_at(builder, target, where), align=4)
         return context.get_dummy_value()
 
-    return types.void(src, src_at, apart, dst, even_at, odd_at, step), codegen
+    return types.void(src, src_at, apart, dst, even_at, odd_at, step, shift), codegen
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,7 +282,7 @@ def _split_rows_8(source, row, apart, target, out0, out1, step, w, left, cols):
     runs = pairs // 4 * 4
     for j in range(0, runs, 4):
         _transpose_8x8(source, row + u64(2 * j), apart, target, even + u64(j * step),
-                       odd + u64(j * step), u64(step))
+                       odd + u64(j * step), u64(step), np.float32(0))
     for n in range(8):
         at = row + u64(n) * apart
         for j in range(runs, pairs):
@@ -377,7 +383,7 @@ def _pad_planes(source, dims, phases, target, first, last):
                     for k0 in range(0, w - 7, 8):
                         at = row + u64(k0 * lanes)
                         _transpose_8x8(source, plane + u64(r * w + k0), apart, target, at,
-                                       at + u64(lanes), u64(2 * lanes))
+                                       at + u64(lanes), u64(2 * lanes), np.float32(0))
                     for k in range(w // 8 * 8, w):
                         for n in range(8):
                             target[row + u64(k * lanes + n)] = \
@@ -571,15 +577,33 @@ def _forward_tasks(xf, wf, bias, raw, yf, taps_table, place, dims, first, last):
                 place[at + 3]
             # the cells of a row that go in runs of 8 (one sample a plane, column stride 2)
             runs, parity = (place[at + 13], place[at + 14]) if lanes == 1 else (0, 0)
+            # interleaved planes onto y's rows: 8 samples x 8 cells at a time by transposes
+            # (where y's rows are contiguous), the rest cell by cell
+            apart = u64((k_end - k_first) * out_plane)         # sample to sample in y
+            whole_s = lanes // 8 * 8 if out_col == 1 and count_w >= 8 else 0
+            whole_j = count_w // 8 * 8
             for kk in range(min(OUT_BLOCK, k_end - k0)):
                 shift = bias[k0 + kk] if bias.size else 0
+                for s0 in range(0, whole_s, 8):
+                    out = u64(((n * lanes + s0) * (k_end - k_first) + k0 - k_first + kk)
+                              * out_plane + out_first)
+                    for i in range(count_h):
+                        grid_row = u64(kk * span + (i0 + i) * pitch + j0 * lanes + s0)
+                        target = out + u64(i * out_row)
+                        for j in range(0, whole_j, 8):
+                            _transpose_8x8(gridf, grid_row + u64(j * lanes), u64(lanes), yf,
+                                           target + u64(j), target + u64(j) + apart,
+                                           2 * apart, np.float32(shift))
                 for s in range(lanes):
                     out = u64(((n * lanes + s) * (k_end - k_first) + k0 - k_first + kk)
                               * out_plane + out_first)
                     for i in range(count_h):
                         grid_row = u64(kk * span + (i0 + i) * pitch + j0 * lanes + s)
                         target = out + u64(i * out_row)
-                        if lanes == 1 and out_col == 1:
+                        if s < whole_s:                     # what the transposes left
+                            for j in range(whole_j, count_w):
+                                yf[target + u64(j)] = gridf[grid_row + u64(j * lanes)] + shift
+                        elif lanes == 1 and out_col == 1:
                             for j in range(count_w):
                                 yf[target + u64(j)] = gridf[grid_row + u64(j)] + shift
                         else:
