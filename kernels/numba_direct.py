@@ -1027,7 +1027,8 @@ INTERLEAVE_MAX = {"forward": 256, "weight_grad": 256, "strided": 64}
 def _interleaves(kind, n, h, w, stride=(1, 1)) -> bool:
     """Whether the ``kind`` ("forward", which serves the input gradient too, or "weight_grad")
     of a convolution of n samples of h x w maps runs on interleaved planes. Strided ones decide
-    by their output map, about (h/s_h) x (w/s_w), all kinds alike (ResNet-18, ms
+    by their output map, about (h/s_h) x (w/s_w), all kinds alike, as kind "strided" (which
+    the phase-wise input gradient passes for its stride-1 convolution of gy) (ResNet-18, ms
     interleaved / one plane per sample: forward 16x16 outputs 1.17 / 0.77, 8x8 0.76 / 0.73,
     4x4 0.77 / 0.91; weight gradient 16x16 1.02 / 0.91, 8x8 0.78 / 0.93, 4x4 0.91 / 0.91,
     and 1x1: 0.41 / 0.25, 0.22 / 0.29, 0.23 / 0.37)."""
@@ -1122,8 +1123,8 @@ def _convolve(x, w, bias, stride, padding, dilation, flipped=False, keep=False,
     stride, padding, dilation = _ints(stride), _ints(padding), _ints(dilation)
     w_shape = parts.w_shape if parts is not None else \
         (w.shape[1], w.shape[0], *w.shape[2:]) if flipped else w.shape
-    grid = _grid(x.shape, w_shape, stride, padding, dilation,
-                 _interleaves("forward", x.shape[0], *x.shape[2:], stride))
+    grid = _grid(x.shape, w_shape, stride, padding, dilation, _interleaves(
+        "forward" if parts is None else "strided", x.shape[0], *x.shape[2:], stride))
     y = np.empty((grid.n, grid.k, grid.oh, grid.ow), np.float32) if out is None else out
     # keep x's planes (in an array of their own, alive until the backward pass) only where the
     # weight gradient runs on the same grid (a first layer's forward on masked copies of x
@@ -1314,8 +1315,9 @@ class _PhasePlan:
         part = -(-c // OUT_BLOCK) * OUT_BLOCK
         self.w_shape = (len(phases) * part, k, big_u + 1, big_v + 1)
         self.padding = (big_u, big_v)
+        # (a strided layer's pass: interleaved by the strided layers' threshold)
         grid = _grid(gy_shape, self.w_shape, (1, 1), self.padding, (1, 1),
-                     _interleaves("forward", gy_shape[0], *gy_shape[2:]))
+                     _interleaves("strided", gy_shape[0], *gy_shape[2:]))
         self.offsets = np.array([grid.offsets[(big_u - a) * (big_v + 1) + big_v - b]
                                  for a, b in shifts], np.int64)
         # a tap shifted by (a, b) reads gy's cell (i - a, j - b) for output (i, j)
