@@ -471,8 +471,9 @@ def _forward_tasks(xf, wf, bias, raw, yf, taps_table, place, dims, first, last):
     :class:`_Grid` and :func:`_tap_table`). A plane holds one sample, or all N samples
     interleaved (``lanes`` = N); then there is one plane group and the outputs are swept row
     by row (``rows`` > 1), skipping the padding columns, and a block skips the taps that read
-    only padding for all its outputs (:func:`_reads_image`). With ``padded_here`` (stride 1, a plane per sample), each
-    task first pads its sample's planes from the raw input ``raw`` into its part of ``xf``:
+    only padding for all its outputs (:func:`_reads_image`). With ``padded_here`` (stride 1, a
+    plane per sample), each task first pads its sample's planes from the raw input ``raw``
+    into its part of ``xf``:
     they are then read from L2, not from a padded copy of the whole batch made in a pass of
     its own. The blocks of partial sums are stored whole, as vectors, into a grid of the
     task's own; the valid positions are copied out to y once the block of channels is done
@@ -677,8 +678,9 @@ def _weight_grad_tasks(xf, gf, gwf, taps_table, dims, first, last):
     (``x_stride`` and ``g_stride`` apart), (N, C) planes one after another, or one plane of N
     interleaved samples. The positions are swept in ``rows`` runs of ``run`` values, ``pitch``
     apart in gy and ``x_pitch`` (if not 0) in x. It goes in strips of ``strip`` positions
-    (STRIP, or a whole run of up to WHOLE_RUN_MAX): all taps sweep one strip while its few KB of gy and x are in the L1 cache (one sweep per tap
-    over whole planes ran from L2 at about half the speed); runs shorter than a strip go
+    (STRIP, or a whole run of up to WHOLE_RUN_MAX): all taps sweep one strip while its few KB
+    of gy and x are in the L1 cache (one sweep per tap over whole planes ran from L2 at about
+    half the speed); runs shorter than a strip go
     several to a strip (the rows of 4x4 and 8x8 interleaved maps: their weight gradients 7-8%
     faster than a strip per row, a ResNet-18 step 0.9-1.2 ms less). Each (strip, tap) adds its
     register sums into the tap's lanes in ``totals``; the lanes are added up once, at the end

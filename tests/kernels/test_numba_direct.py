@@ -271,6 +271,7 @@ def test_taps_that_read_only_padding_are_skipped():
     direct = _direct()
     rng = np.random.default_rng(3)
     x_shape, w_shape, padding = (32, 8, 4, 4), (8, 8, 3, 3), (1, 1)
+    geometry = ((1, 1), padding, (1, 1), 1)
     assert direct._interleaves("forward", 32, 4, 4) and direct._interleaves("weight_grad", 32, 4, 4)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
@@ -282,17 +283,16 @@ def test_taps_that_read_only_padding_are_skipped():
               direct.input_grad(x, w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], padding, (1, 1),
                                 (1, 1), x_shape)):
         assert np.isnan(y[:, :, 1:]).all()
-        want = reference(x, without, (1, 1), padding, (1, 1), 1)[:, :, :1]
-        assert_close(y[:, :, :1], want,
-                     bound=reference(np.abs(x), np.abs(without), (1, 1), padding, (1, 1), 1)[:, :, :1])
+        assert_close(y[:, :, :1], reference(x, without, *geometry)[:, :, :1],
+                     bound=reference(np.abs(x), np.abs(without), *geometry)[:, :, :1])
     gy = rng.standard_normal(x_shape).astype(np.float32)
     gy[:, :, 0] = np.inf
     gw = direct.weight_grad(x, gy, w_shape, padding, (1, 1))
     finite = gy.copy()
     finite[:, :, 0] = 0
     _, weight_grad = numba_and_reference("conv2d_weight_grad")
-    assert_close(gw[:, :, 0], weight_grad(x, finite, w_shape, (1, 1), padding, (1, 1), 1)[:, :, 0],
-                 bound=weight_grad(np.abs(x), np.abs(finite), w_shape, (1, 1), padding, (1, 1), 1)[:, :, 0])
+    assert_close(gw[:, :, 0], weight_grad(x, finite, w_shape, *geometry)[:, :, 0],
+                 bound=weight_grad(np.abs(x), np.abs(finite), w_shape, *geometry)[:, :, 0])
     assert not np.isfinite(gw[:, :, 1:]).any()
 
 
