@@ -310,6 +310,8 @@ def test_strided_input_gradients_skip_the_taps_that_read_past_the_output_gradien
     w = rng.standard_normal(w_shape).astype(np.float32)
     w[:, :, 0, 1] = np.nan
     plan = direct._phase_plan(x_shape, w_shape, gy.shape, stride, padding, (1, 1))
+    # (the phase plan's convolution of gy runs on interleaved planes, swept row by row)
+    assert direct._interleaves("strided", *gy.shape[:1], *gy.shape[2:])
     assert direct._grid(gy.shape, plan.w_shape, (1, 1), plan.padding, (1, 1), True).sweeps > 1
     got = direct.input_grad(gy, w, padding, (1, 1), stride, x_shape)
     _, reference = numba_and_reference("conv2d_input_grad")
