@@ -56,8 +56,8 @@ from numba import uint64 as u64
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from refnas.kernels.numba_jobs import (block_of, job, launch, launch_serially, put_vector,
-                                      vector)
+from refnas.kernels.numba_jobs import (block_of, call_job, job, launch, launch_serially,
+                                      put_vector, vector)
 from refnas.kernels.numba_support import flat, pool_shared, scratch
 
 OUT_BLOCK = 4        # forward: output channels per register block
@@ -476,9 +476,8 @@ def _forward_tasks(xf, wf, bias, raw, yf, taps_table, place, dims, first, last):
     by row (``rows`` > 1), skipping the padding columns, and a block skips the taps that read
     only padding for all its outputs (:func:`_reads_image`). With ``padded_here`` (stride 1, a
     plane per sample), each task first pads its sample's planes from the raw input ``raw``
-    into its part of ``xf``:
-    they are then read from L2, not from a padded copy of the whole batch made in a pass of
-    its own. The blocks of partial sums are stored whole, as vectors, into a grid of the
+    into ``xf``, a work area of the caller's (:func:`_samples_task`): they are then read from
+    L2, not from a padded copy of the whole batch made in a pass of its own. The blocks of partial sums are stored whole, as vectors, into a grid of the
     task's own; the valid positions are copied out to y once the block of channels is done
     (still in cache). Storing only the valid positions of each block, position by position,
     had cost as much as the arithmetic on 16-channel layers.
@@ -508,9 +507,12 @@ def _forward_tasks(xf, wf, bias, raw, yf, taps_table, place, dims, first, last):
     gridf = np.empty(OUT_BLOCK * span, xf.dtype)
     for task in range(first, last):
         n = task // (k_blocks // blocks_per_task)
+        # sample n's planes in xf: at its place among all samples', or, padded here, at the
+        # start of the work area that ``xf`` then is (:func:`_samples_task`)
+        planes_of_n = 0 if padded_here else n * c_in
         if padded_here:
             for c in range(c_in):
-                plane, at = (n * c_in + c) * h * w, (n * c_in + c) * length
+                plane, at = (n * c_in + c) * h * w, (planes_of_n + c) * length
                 _pad_plane(raw[plane:plane + h * w], xf[at:at + length], h, w, top, left,
                            pitch)
         for kb in range(blocks_per_task):
@@ -561,7 +563,7 @@ def _forward_tasks(xf, wf, bias, raw, yf, taps_table, place, dims, first, last):
                                 continue
                             tap_at = u64(taps_table[u64(tap)]) + u64(o0)
                             for c in range(c0, min(c0 + chunk, c_in)):
-                                row = u64((n * c_in + c) * length) + tap_at
+                                row = u64((planes_of_n + c) * length) + tap_at
                                 for kk in range(OUT_BLOCK):
                                     # a block past the part's last channel reads that
                                     # channel, then is dropped
@@ -765,14 +767,15 @@ def _weight_grad_tasks(xf, gf, gwf, taps_table, dims, first, last):
                     total = totals[base]
                     for lane in range(1, LANES):
                         total += totals[base + lane]
-                    gwf[u64(((k0 + kk) * c_in + c0 + cc) * taps + tap)] = total
+                    # (added: the per-sample backward sums its samples' parts this way)
+                    gwf[u64(((k0 + kk) * c_in + c0 + cc) * taps + tap)] += total
 
 
 # --------------------------------------------------------------------------------------------
 # The loops on the pool: a job each (C callbacks run task by task by numba_jobs's driver;
 # a parallel driver of their own had cost 4 s of the 30 s cold-compile budget)
 # --------------------------------------------------------------------------------------------
-_PAD, _FORWARD, _WEIGHT_GRAD, _MASKED_FORWARD = 0, 1, 2, 3
+_PAD, _FORWARD, _WEIGHT_GRAD, _MASKED_FORWARD, _SAMPLES = 0, 1, 2, 3, 4
 _EMPTY = np.empty(0, np.float32)
 _EMPTY_INTS = np.empty(0, np.int64)
 _DIMS = 17      # a job's integers (as many as the forward loop's)
@@ -816,9 +819,89 @@ def _masked_forward_task(task, address, tasks):
 
 
 def _weight_grad_task(task, address, tasks):
-    """A block of :func:`_weight_grad_tasks` (a, b, c = x, gy, gw; ints = the taps' table)."""
+    """A block of :func:`_weight_grad_tasks` (a, b, c = x, gy, gw; ints = the taps' table), or,
+    ``task`` -1, all ``tasks`` of them, one after the other (one sample's, for
+    :func:`_samples_task`)."""
     a, b, c, _, _, ints, _, dims = _arguments(address)
-    _weight_grad_tasks(a, b, c, ints, dims, np.int64(task), np.int64(task) + 1)
+    first, last = (np.int64(0), np.int64(tasks)) if task < 0 else \
+        (np.int64(task), np.int64(task) + 1)
+    _weight_grad_tasks(a, b, c, ints, dims, first, last)
+
+
+# the integers of a _SAMPLES job's place vector after the forward loop's place row: its dims,
+# then the weight gradient's (the dims of _weight_grad_tasks with one run, a sample's)
+_WG_DIMS = 11
+
+
+@njit(inline="always")
+def _argument_block(a, b, c, d, e, ints, place, dims):
+    """A job's argument block (read by :func:`_arguments`), ``dims`` (a tuple or an int64
+    vector) followed by zeros."""
+    block = np.empty(_BLOCK, np.int64)
+    put_vector(block, 0, a)
+    put_vector(block, 2, b)
+    put_vector(block, 4, c)
+    put_vector(block, 6, d)
+    put_vector(block, 8, e)
+    put_vector(block, 10, ints)
+    put_vector(block, 12, place)
+    for i in range(len(dims)):
+        block[14 + i] = dims[i]
+    for i in range(len(dims), _DIMS):
+        block[14 + i] = 0
+    return block
+
+
+def _samples_task(task, address, tasks):
+    """Group ``task`` of ``tasks`` of samples, one after the other, on a work area of its own
+    (in the L2 cache from the group's first sample on): a stride-1 convolution's pass of the
+    forward loop, sample by sample, its planes padded into the area (``padded_here``); and,
+    for a backward (the pass then an input gradient), each sample's part of the weight gradient
+    right after, from x's planes padded into the area too and ȳ's still there from the input
+    gradient, added into the group's part of gw (the parts are added up in their order, so
+    that the sum does not depend on which thread ran which group). A batch's padded planes,
+    kept from the forward for the weight gradient and laid out again for the two gradients,
+    had been written to memory and read back; in the host's slow periods (memory bandwidth
+    down several-fold) that traffic had made ResNet-18's 32x32 layers 73-82% slower.
+
+    a = the work areas (``area`` values each: the pass's planes, then, for a backward, x's
+    planes and the group's K x C x taps part of gw), b = w, c = the bias (a forward) or x (a
+    backward), d = the pass's input (x, or ȳ), e = its output (y, or x̄); ints = the forward
+    loop's taps table, then, for a backward, the weight gradient's; place = the forward
+    loop's place rows, its dims, then, for a backward, the weight gradient's dims; dims = (N,
+    area, x_at (x's planes in the area; 0: a forward), gw_size (a group's part of gw, after
+    all the areas), shift (where ȳ's output positions start in the pass's planes), the
+    forward job's address, the weight gradient's, its tasks, the forward loop's parts (place
+    rows), then x's planes: C, H, W, top, left, pitch, length)."""
+    a, b, c, d, e, ints, place, dims = _arguments(address)
+    n, area, x_at, gw_size, shift, forward_job, weight_job, weight_tasks, parts, \
+        c_in, h, w, top, left, pitch, length = dims[:16]
+    first, last = task * n // tasks, (task + 1) * n // tasks
+    # the group's work area, and its part of gw after all the areas
+    work = a[task * area:(task + 1) * area]
+    rows = parts * _PLACE                      # the forward loop's place rows
+    forward_dims = place[rows:rows + _DIMS]
+    taps = ints.size // 2 if x_at else ints.size
+    # the pass's planes (its input channels times their length), then the zeros that the
+    # last one's taps read past it
+    planes_end = x_at if x_at else area
+    work[forward_dims[0] * forward_dims[6]:planes_end] = 0
+    forward = _argument_block(work[:planes_end], b, _EMPTY if x_at else c, d, e, ints[:taps],
+                         place[:rows], forward_dims)
+    if x_at:
+        x_planes = work[x_at:]
+        x_planes[c_in * length:] = 0
+        gw_part = a[tasks * area + task * gw_size:tasks * area + (task + 1) * gw_size]
+        weight = _argument_block(x_planes, work[shift:planes_end], gw_part, _EMPTY, _EMPTY,
+                            ints[taps:], _EMPTY_INTS, place[rows + _DIMS:])
+    for sample in range(first, last):
+        call_job(forward_job, np.intc(sample), forward.ctypes.data, np.intc(n))
+        if x_at:
+            for ch in range(c_in):
+                plane = (sample * c_in + ch) * h * w
+                _pad_plane(c[plane:plane + h * w], x_planes[ch * length:(ch + 1) * length],
+                           h, w, top, left, pitch)
+            call_job(weight_job, np.intc(-1), weight.ctypes.data, np.intc(weight_tasks))
 
 
 # each loop is compiled inside its job's compile, once: the weight gradient and the padding
@@ -827,18 +910,13 @@ def _weight_grad_task(task, address, tasks):
 # vectoriser left its FMAs scalar)
 _JOBS = {_PAD: job(_pad_task), _FORWARD: job(_forward_task, vectorise=True),
          _WEIGHT_GRAD: job(_weight_grad_task, vectorise=True),
-         _MASKED_FORWARD: job(_masked_forward_task, vectorise=True)}
+         _MASKED_FORWARD: job(_masked_forward_task, vectorise=True),
+         _SAMPLES: job(_samples_task)}
 
 
 @njit(cache=True)
 def _launch(job_, serial, a, b, c, d, e, ints, place, dims, n_tasks):
-    block = np.empty(_BLOCK, np.int64)
-    for at, vector_ in ((0, a), (2, b), (4, c), (6, d), (8, e)):
-        put_vector(block, at, vector_)
-    put_vector(block, 10, ints)
-    put_vector(block, 12, place)
-    for i in range(_DIMS):
-        block[14 + i] = dims[i]
+    block = _argument_block(a, b, c, d, e, ints, place, dims)
     if serial:
         launch_serially(job_, n_tasks, block)
     else:
@@ -957,8 +1035,9 @@ class _Grid:
                          planes * self.g_length)
 
     def padded_here(self):
-        """Whether each forward task pads its own sample (stride 1, a plane per sample, and
-        enough samples to share out)."""
+        """Whether the forward loop's passes go sample by sample, each padding its sample into
+        a work area (:func:`_pass_by_samples`): stride 1, a plane per sample, and enough
+        samples to share out."""
         return self.lanes == 1 and self.stride == (1, 1) and self.n >= PADDED_HERE_MIN_SAMPLES
 
     def placement(self):
@@ -1012,8 +1091,11 @@ STRIP = 512
 # ms, CNN-S's second (rows of 896) 0.889 -> 0.834; side by side, four rounds
 WHOLE_RUN_MAX = 1152
 
-# forward tasks pad their own sample from this many samples on (fewer would not fill the cores)
+# the passes on plain planes go sample by sample from this many samples on (fewer would not
+# fill the cores)
 PADDED_HERE_MIN_SAMPLES = 8
+# ... in groups of samples, this many per thread (see _pass_by_samples)
+GROUPS_PER_THREAD = 4
 
 # Maps of at most this many positions (per sample) go on interleaved planes: the forward and
 # input gradient of stride-1 convolutions ("forward"), their weight gradient, and strided
@@ -1133,30 +1215,75 @@ def _convolve(x, w, bias, stride, padding, dilation, flipped=False, keep=False,
     y = np.empty((grid.n, grid.k, grid.oh, grid.ow), np.float32) if out is None else out
     # keep x's planes (in an array of their own, alive until the backward pass) only where the
     # weight gradient runs on the same grid (a first layer's forward on masked copies of x
-    # does not come here: :func:`forward`); ``keep_output_planes``
+    # does not come here: :func:`forward`), and not for a pass sample by sample, whose
+    # backward goes sample by sample too (:func:`backward`); ``keep_output_planes``
     # hands back the planes in this thread's scratch, valid until the next direct loop runs
     # (for :func:`backward`)
     own = keep and (grid.lanes > 1) == _interleaves(
         "weight_grad", x.shape[0], x.shape[2], x.shape[3], stride)
     keep = keep or keep_output_planes
     kept = None
-    if y.size:
-        if grid.padded_here():       # each task pads its own sample into the buffer
-            size = grid.n * grid.c * grid.length
-            padded = np.empty(size + grid.reach, np.float32) if own else \
-                scratch(size + grid.reach, np.float32, "direct input")
-            padded[size:] = 0
-            raw, tasks = flat(x), grid.n
-        else:
-            padded, raw = grid.padded_input(x, own=own), _EMPTY
-            tasks = grid.groups * -(-grid.k // OUT_BLOCK) // (
-                1 if parts is None else len(parts.ranges))
+    taps, place = (grid.taps, grid.placement()) if parts is None else (parts.taps, parts.place)
+    if y.size and grid.padded_here():
+        # sample by sample in work areas: nothing kept (the backward goes sample by sample too)
+        _pass_by_samples(grid, x, w, bias, y, taps, place, flipped)
+    elif y.size:
+        padded = grid.padded_input(x, own=own)
+        tasks = grid.groups * -(-grid.k // OUT_BLOCK) // (
+            1 if parts is None else len(parts.ranges))
         kept = PaddedInput(grid, padded) if own or keep_output_planes else None
-        taps, place = (grid.taps, grid.placement()) if parts is None else \
-            (parts.taps, parts.place)
-        _parallel(_FORWARD, padded, flat(w), _EMPTY if bias is None else flat(bias), raw,
+        _parallel(_FORWARD, padded, flat(w), _EMPTY if bias is None else flat(bias), _EMPTY,
                   y.reshape(-1), taps, grid.forward_dims(flipped), tasks, place)
     return (y, kept) if keep else y
+
+
+def _rounded(values):
+    """``values`` rounded up to whole cache lines (of float32)."""
+    return -(-values // 16) * 16
+
+
+def _pass_by_samples(grid, raw, w, bias, out, taps, place, flipped, weight=None):
+    """The forward loop's pass of ``grid`` (stride 1, a plane per sample) over the samples of
+    ``raw`` into ``out``, in groups of samples on the pool, each thread on a work area of its
+    own (:func:`_samples_task`). With ``weight`` = (x, x's grid, where ȳ's outputs start in
+    the pass's planes), the pass is an input gradient, and each sample's part of the weight
+    gradient follows it; returns gw (K, C, taps), else None."""
+    threads = numba.get_num_threads()
+    # a few groups per thread, so that the pool can even out the threads' shares (a group per
+    # thread: 0.98 against 0.82 ms on a 32x32 layer, the second thread late to start)
+    groups = max(1, min(grid.n, GROUPS_PER_THREAD * threads))
+    planes = _rounded(grid.c * grid.length + grid.reach)
+    forward_dims = grid.forward_dims(flipped)
+    ints, extra, area, x_at, gw_size, shift = taps, [], planes, 0, 0, 0
+    weight_address = weight_tasks = 0
+    x_geometry = (0,) * 7
+    if weight is not None:
+        x, x_grid, shift = weight
+        k, c, count = grid.c, x_grid.c, x_grid.taps_anywhere.size // 5
+        x_at, gw_size = planes, _rounded(k * c * count)
+        area = planes + _rounded(c * x_grid.length + x_grid.reach)
+        # one run: the sample's output rows, whole vectors
+        run = -(-x_grid.oh * x_grid.pitch // LANES) * LANES
+        in_slots = _taps_in_slots(c, count, (1, 1))
+        extra = [c, k, 1, run, run, count, x_grid.length, grid.length,
+                 run if STRIP < run <= WHOLE_RUN_MAX else STRIP, 0, int(in_slots)]
+        ints = np.concatenate([taps, x_grid.taps_anywhere])
+        weight_address = _JOBS[_WEIGHT_GRAD].address
+        weight_tasks = -(-k // GRAD_OUT_BLOCK) * (c if in_slots else -(-c // GRAD_IN_BLOCK))
+        x_geometry = (c, x_grid.h, x_grid.w, x_grid.ph, x_grid.pw, x_grid.pitch,
+                      x_grid.length)
+    work = scratch(groups * (area + gw_size), np.float32, "direct input")
+    work[groups * area:] = 0                   # the groups' parts of gw
+    dims = (grid.n, area, x_at, gw_size, shift, _JOBS[_FORWARD].address, weight_address,
+            weight_tasks, place.size // _PLACE, *x_geometry)
+    third = flat(x) if weight is not None else _EMPTY if bias is None else flat(bias)
+    _parallel(_SAMPLES, work, flat(w), third, flat(raw), out.reshape(-1), ints, dims, groups,
+              np.array([*place, *forward_dims, *extra], np.int64))
+    if weight is None:
+        return None
+    # the groups' parts added in their order: the same sum whichever thread ran which group
+    parts = work[groups * area:].reshape(groups, gw_size)[:, :k * c * count]
+    return parts.sum(axis=0)
 
 
 def forward(x, w, bias, padding, dilation, stride=(1, 1), keep=False):
@@ -1201,13 +1328,17 @@ def backward(gy, x, w, padding, dilation, kept=None):
     planes of gy have the rows of x's grid (pitch WP), with gy one padding row and column in:
     the weight gradient reads them there, instead of laying gy out again (which cost ~2 ms of a
     ResNet-18 step). It needs x's planes kept by :func:`forward` on its grid, in the layout the
-    input gradient's planes share: interleaved for both, or plain (N, C) ones for both."""
+    input gradient's planes share: interleaved for both, or plain (N, C) ones for both. On
+    plain planes of enough samples, both gradients go sample by sample instead, and need
+    nothing kept (:func:`_backward_by_samples`)."""
     (n, c, h, wd), (k, _, kh, kw) = x.shape, w.shape
     padding, dilation = _ints(padding), _ints(dilation)
     if any(2 * p != d * (size - 1) for p, d, size in zip(padding, dilation, (kh, kw))):
         return None
     grid = _grid(x.shape, tuple(w.shape), (1, 1), padding, dilation,
                  _interleaves("weight_grad", n, h, wd))
+    if grid.padded_here():
+        return _backward_by_samples(gy, x, w, grid, padding, dilation)
     if not (isinstance(kept, PaddedInput) and kept.grid is grid):
         return None
     # (for a "same" convolution the input gradient's padding d(k - 1) - p is p itself)
@@ -1215,6 +1346,27 @@ def backward(gy, x, w, padding, dilation, kept=None):
                            keep_output_planes=True)
     return gx, weight_grad(x, gy, w.shape, padding, dilation, kept=kept,
                            gy_planes=_shared_gy_planes(planes, grid, k, c, padding))
+
+
+def _backward_by_samples(gy, x, w, grid, padding, dilation):
+    """(gx, gw) of a stride-1 "same" convolution on plain planes (x's ``grid``), sample by
+    sample: each sample's input gradient, then its part of the weight gradient from ȳ's
+    planes still in the work area (:func:`_pass_by_samples`); None when the input gradient's
+    grid is another layout or pitch."""
+    (kh, kw), (dh, dw) = w.shape[2:], dilation
+    flipped_shape = (w.shape[1], w.shape[0], kh, kw)
+    ig = _grid(gy.shape, flipped_shape, (1, 1), padding, dilation,
+               _interleaves("forward", *gy.shape[:1], *gy.shape[2:]))
+    # (for a "same" convolution the input gradient's padding d(k - 1) - p is p itself)
+    assert (ig.ph, ig.pw) == (dh * (kh - 1) - padding[0], dw * (kw - 1) - padding[1])
+    shift = padding[0] * ig.cols + padding[1]
+    if not ig.padded_here() or ig.pitch != grid.pitch or \
+            shift + -(-grid.oh * grid.pitch // LANES) * LANES > ig.length:
+        return None
+    gx = np.empty(x.shape, np.float32)
+    gw = _pass_by_samples(ig, gy, w, None, gx, ig.taps, ig.placement(), True,
+                          weight=(x, grid, shift))
+    return gx, gw.reshape(w.shape)
 
 
 def _shared_gy_planes(planes, grid, k, c, padding):

@@ -39,8 +39,9 @@ _DRIVER = types.void(types.intp, types.intc, types.intp, types.intp, types.intc)
 
 
 @intrinsic
-def _call_job(typingctx, function, thread, data, extra):
-    """Call the C function at address ``function`` as ``void f(int, void *, int)``."""
+def call_job(typingctx, function, thread, data, extra):
+    """Call the C function at address ``function`` as ``void f(int, void *, int)`` (a job's
+    task; also from inside another job, which then runs it in its own thread)."""
     signature = types.void(types.intp, types.intc, types.intp, types.intc)
 
     def codegen(context, builder, sig, args):
@@ -58,7 +59,7 @@ def run_tasks(function, count, size, data, extra):
     """Call the C function at address ``function`` for tasks 0..count-1, task i as
     ``function(i, data + i*size, extra)``, spread over Numba's pool by a ``prange``."""
     for i in prange(count):
-        _call_job(function, np.intc(i), data + i * size, extra)
+        call_job(function, np.intc(i), data + i * size, extra)
 
 
 @intrinsic
@@ -96,7 +97,7 @@ def put_vector(block, at, array):
 def _drive(function, count, size, data, extra):
     """:func:`run_tasks` as a C function (see :func:`driver_address`)."""
     for i in prange(count):
-        _call_job(function, np.intc(i), data + i * size, extra)
+        call_job(function, np.intc(i), data + i * size, extra)
 
 
 @intrinsic
@@ -131,7 +132,7 @@ def launch_serially(job, tasks, block):
     """Tasks 0..tasks-1 of ``job`` one after the other, in this thread (what :func:`launch`
     does on the pool; for work too small to share out)."""
     for i in range(tasks):
-        _call_job(job[1], np.intc(i), block.ctypes.data, np.intc(tasks))
+        call_job(job[1], np.intc(i), block.ctypes.data, np.intc(tasks))
 
 
 _driver: list = []

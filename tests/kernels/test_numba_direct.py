@@ -87,10 +87,14 @@ def _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilatio
     # (interleaved or not): the same sums
     y, kept = direct.forward(x, w, bias, padding, dilation, stride, keep=True)
     np.testing.assert_array_equal(y, direct.forward(x, w, bias, padding, dilation, stride))
-    one_grid = (direct._interleaves("forward", x_shape[0], *x_shape[2:], stride)
-                == direct._interleaves("weight_grad", x_shape[0], *x_shape[2:], stride))
+    interleaved = direct._interleaves("forward", x_shape[0], *x_shape[2:], stride)
+    one_grid = interleaved == direct._interleaves("weight_grad", x_shape[0], *x_shape[2:],
+                                                  stride)
     masked = direct._masked_copies_apply(x_shape, w_shape, stride, padding, dilation)
-    assert (kept is not None) == (one_grid and not masked)
+    # (a pass sample by sample keeps nothing: its backward goes sample by sample too)
+    by_samples = direct._grid(x_shape, w_shape, stride, padding, dilation,
+                              interleaved).padded_here()
+    assert (kept is not None) == (one_grid and not masked and not by_samples)
     # (read sample by sample when not interleaved: other partial sums, so compared with the
     # reference)
     assert_close(direct.weight_grad(x, gy, w_shape, padding, dilation, stride, kept=kept),
@@ -523,13 +527,12 @@ def test_kept_planes_of_another_convolution_are_ignored():
 
 
 @pytest.mark.parametrize("x_shape, w_shape, padding, dilation", [
-    ((32, 16, 32, 32), (16, 16, 3, 3), 1, 1),      # plain (N, C) planes, each task pads its sample
     ((4, 5, 17, 17), (6, 5, 3, 3), 1, 1),          # plain planes padded in one pass
     ((4, 6, 25, 27), (8, 6, 3, 3), 1, 1),          # a weight gradient's run in one strip (728)
     ((32, 64, 8, 8), (64, 64, 3, 3), 1, 1),        # interleaved
     ((32, 128, 4, 4), (128, 128, 3, 3), 1, 1),
-    ((8, 4, 20, 18), (5, 4, 3, 3), 2, 2),          # dilated
-    ((8, 6, 17, 17), (7, 6, 5, 5), 2, 1)])         # 5x5
+    ((4, 4, 20, 18), (5, 4, 3, 3), 2, 2),          # dilated
+    ((4, 6, 17, 17), (7, 6, 5, 5), 2, 1)])         # 5x5
 def test_both_gradients_share_the_padded_output_gradient(x_shape, w_shape, padding, dilation,
                                                          monkeypatch):
     """conv2d_backward of a stride-1 "same" convolution whose forward kept x's planes reads gy
@@ -554,6 +557,60 @@ def test_both_gradients_share_the_padded_output_gradient(x_shape, w_shape, paddi
     assert isinstance(kept, direct.PaddedInput) and laid_out == []
     assert_close(fast(gy, x, w, *geometry), want, bound=bound)
     assert laid_out == [gy.shape]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding, dilation", [
+    ((32, 16, 32, 32), (16, 16, 3, 3), 1, 1),      # ResNet-18's first layers
+    ((9, 5, 17, 19), (7, 5, 3, 3), 1, 1),          # groups of one and two samples; partial blocks
+    ((8, 4, 20, 18), (5, 4, 3, 3), 2, 2),          # dilated
+    ((8, 6, 17, 17), (7, 6, 5, 5), 2, 1),          # 5x5
+    ((8, 20, 17, 17), (33, 20, 3, 3), 1, 1)])      # whole blocks of input channels (not slots)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_plain_planes_of_eight_samples_or_more_go_sample_by_sample(x_shape, w_shape, padding,
+                                                                    dilation, threads,
+                                                                    monkeypatch):
+    """On plain planes of 8 samples or more, the forward and both gradients go sample by
+    sample in work areas: the forward keeps nothing, no pass lays out the batch's planes, and
+    forward, input gradient alone, and both gradients at once (each sample's part of the weight
+    gradient from ȳ's planes of its input gradient) equal the reference kernels, whatever the
+    number of threads (groups per thread times threads: 4 or 8 groups). The weight gradient is
+    the same to the bit from call to call (the groups' parts added in their order)."""
+    direct = _direct()
+    from refnas import backend
+    previous = backend.num_threads()
+    # (Numba's and BLAS's threads together: BLAS's jobs on Numba's pool must all run at once)
+    backend.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(sum(x_shape))
+        geometry = ((1, 1), (padding, padding), (dilation, dilation), 1)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+        laid_out = []
+        for name in ("padded_input", "output_gradient"):
+            real = getattr(direct._Grid, name)
+            monkeypatch.setattr(direct._Grid, name, lambda self, a, *args, real=real, **kw:
+                                laid_out.append(a.shape) or real(self, a, *args, **kw))
+        forward, forward_reference = numba_and_reference("conv2d_forward")
+        y, kept = forward(x, w, *geometry, bias=bias, keep_columns=True)
+        assert kept is None
+        assert_close(y, forward_reference(x, w, *geometry, bias=bias),
+                     bound=forward_reference(np.abs(x), np.abs(w), *geometry, bias=np.abs(bias)))
+        gy = rng.standard_normal(y.shape).astype(np.float32)
+        _, input_grad = numba_and_reference("conv2d_input_grad")
+        _, weight_grad = numba_and_reference("conv2d_weight_grad")
+        want = (input_grad(gy, w, x_shape, *geometry), weight_grad(x, gy, w_shape, *geometry))
+        bound = (input_grad(np.abs(gy), np.abs(w), x_shape, *geometry),
+                 weight_grad(np.abs(x), np.abs(gy), w_shape, *geometry))
+        assert_close(direct.input_grad(gy, w, (padding, padding), (dilation, dilation)),
+                     want[0], bound=bound[0])
+        backward, _ = numba_and_reference("conv2d_backward")
+        both = backward(gy, x, w, *geometry, columns=kept)
+        assert_close(both, want, bound=bound)
+        np.testing.assert_array_equal(backward(gy, x, w, *geometry)[1], both[1])
+        assert laid_out == []
+    finally:
+        backend.set_num_threads(previous)
 
 
 def test_conv2d_backward_without_a_graph_equals_the_two_primitives():
