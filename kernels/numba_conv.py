@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from refnas.backend import register_kernel
+from refnas.backend import kernel, register_kernel
 from refnas.kernels import numba_direct as direct
 from refnas.kernels import numba_pointwise as pointwise
 from refnas.kernels.numba_jobs import block_of, job, launch, put_vector, vector
@@ -292,6 +292,9 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, bias=None, keep_colu
     again; else None.
     """
     x, w = contiguous(x), contiguous(w)
+    if x.size == 0 or w.size == 0:                    # nothing to sum: the reference's bias
+        return kernel("conv2d_forward", "numpy")(x, w, stride, padding, dilation, groups,
+                                                 bias=bias, keep_columns=keep_columns)
     if pointwise.applies(x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
         return pointwise.forward(x, w, None if bias is None else contiguous(bias), stride,
                                  keep=keep_columns)
@@ -337,6 +340,8 @@ def conv2d_weight_grad(x, gy, weight_shape, stride, padding, dilation, groups, c
     whole batch's wide column matrix kept by :func:`conv2d_forward` (or what the direct or
     strided 1x1 loops kept), saves packing x again."""
     x, gy = contiguous(x), contiguous(gy)
+    if x.size == 0 or gy.size == 0:                   # a sum over nothing
+        return np.zeros(tuple(weight_shape), x.dtype)
     if pointwise.applies(x.shape, weight_shape, stride, padding, dilation, groups, x.dtype):
         return pointwise.backward(gy, x.shape, tuple(weight_shape), stride, x=x,
                                   kept=columns)[1]
@@ -365,6 +370,8 @@ def conv2d_weight_grad(x, gy, weight_shape, stride, padding, dilation, groups, c
 def conv2d_input_grad(gy, w, input_shape, stride, padding, dilation, groups):
     """gx = col2im(per group W_g^T @ gY_g), one sgemm per sample (Numba + BLAS)."""
     gy, w = contiguous(gy), contiguous(w)
+    if gy.size == 0 or w.size == 0:                   # a sum over nothing
+        return np.zeros(tuple(input_shape), gy.dtype)
     if pointwise.applies(input_shape, w.shape, stride, padding, dilation, groups, gy.dtype):
         return pointwise.backward(gy, tuple(input_shape), w.shape, stride, w=w)[0]
     if direct.applies("input_grad", input_shape, w.shape, stride, padding, dilation, groups,
@@ -401,7 +408,9 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, columns=None):
     gy once for both (:func:`numba_direct.backward`); any other, the two kernels above, one
     after the other."""
     gy, x, w = contiguous(gy), contiguous(x), contiguous(w)
-    if pointwise.applies(x.shape, w.shape, stride, padding, dilation, groups, x.dtype):
+    empty = gy.size == 0 or x.size == 0 or w.size == 0          # (the two kernels below)
+    if not empty and pointwise.applies(x.shape, w.shape, stride, padding, dilation, groups,
+                                       x.dtype):
         return pointwise.backward(gy, x.shape, w.shape, stride, x=x, w=w, kept=columns)
     if tuple(stride) == (1, 1) and all(
             direct.applies(kind, x.shape, w.shape, stride, padding, dilation, groups, x.dtype)

@@ -477,10 +477,11 @@ def _forward_tasks(xf, wf, bias, raw, yf, taps_table, place, dims, first, last):
     only padding for all its outputs (:func:`_reads_image`). With ``padded_here`` (stride 1, a
     plane per sample), each task first pads its sample's planes from the raw input ``raw``
     into ``xf``, a work area of the caller's (:func:`_samples_task`): they are then read from
-    L2, not from a padded copy of the whole batch made in a pass of its own. The blocks of partial sums are stored whole, as vectors, into a grid of the
-    task's own; the valid positions are copied out to y once the block of channels is done
-    (still in cache). Storing only the valid positions of each block, position by position,
-    had cost as much as the arithmetic on 16-channel layers.
+    L2, not from a padded copy of the whole batch made in a pass of its own. The blocks of
+    partial sums are stored whole, as vectors, into a grid of the task's own; the valid
+    positions are copied out to y once the block of channels is done (still in cache).
+    Storing only the valid positions of each block, position by position, had cost as much
+    as the arithmetic on 16-channel layers.
 
     ``place`` holds one row of _PLACE values per *part* of the output channels (one part for a
     convolution; one per phase for :func:`_input_grad_by_phases`): its channels
@@ -828,11 +829,6 @@ def _weight_grad_task(task, address, tasks):
     _weight_grad_tasks(a, b, c, ints, dims, first, last)
 
 
-# the integers of a _SAMPLES job's place vector after the forward loop's place row: its dims,
-# then the weight gradient's (the dims of _weight_grad_tasks with one run, a sample's)
-_WG_DIMS = 11
-
-
 @njit(inline="always")
 def _argument_block(a, b, c, d, e, ints, place, dims):
     """A job's argument block (read by :func:`_arguments`), ``dims`` (a tuple or an int64
@@ -886,14 +882,14 @@ def _samples_task(task, address, tasks):
     # last one's taps read past it
     planes_end = x_at if x_at else area
     work[forward_dims[0] * forward_dims[6]:planes_end] = 0
-    forward = _argument_block(work[:planes_end], b, _EMPTY if x_at else c, d, e, ints[:taps],
-                         place[:rows], forward_dims)
+    forward = _argument_block(work[:planes_end], b, _EMPTY if x_at else c, d, e,
+                              ints[:taps], place[:rows], forward_dims)
     if x_at:
         x_planes = work[x_at:]
         x_planes[c_in * length:] = 0
         gw_part = a[tasks * area + task * gw_size:tasks * area + (task + 1) * gw_size]
         weight = _argument_block(x_planes, work[shift:planes_end], gw_part, _EMPTY, _EMPTY,
-                            ints[taps:], _EMPTY_INTS, place[rows + _DIMS:])
+                                 ints[taps:], _EMPTY_INTS, place[rows + _DIMS:])
     for sample in range(first, last):
         call_job(forward_job, np.intc(sample), forward.ctypes.data, np.intc(n))
         if x_at:
@@ -1170,7 +1166,10 @@ def applies(kind, x_shape, w_shape, stride, padding, dilation, groups, dtype) ->
     channels) past the thresholds above, and for a strided forward or weight gradient, phases
     in column pairs (:func:`_pairs_phases`)."""
     (n, c, h, w), (k, _, kh, kw), (dh, dw) = x_shape, w_shape, dilation
-    if not (np.dtype(dtype) == np.float32 and groups == 1 and min(padding) >= 0):
+    # (no channels: the loops' sweeps over the input channels, which the input gradient's are
+    # the output channels, would leave their sums unset)
+    if not (np.dtype(dtype) == np.float32 and groups == 1 and min(padding) >= 0
+            and min(c, k) > 0):
         return False
     if kind != "input_grad" and tuple(stride) != (1, 1) and not _pairs_phases(
             stride[1], _phases(tuple(stride), tuple(dilation), (kh, kw))):
@@ -1244,7 +1243,7 @@ def _rounded(values):
 
 def _pass_by_samples(grid, raw, w, bias, out, taps, place, flipped, weight=None):
     """The forward loop's pass of ``grid`` (stride 1, a plane per sample) over the samples of
-    ``raw`` into ``out``, in groups of samples on the pool, each thread on a work area of its
+    ``raw`` into ``out``, in groups of samples on the pool, each group on a work area of its
     own (:func:`_samples_task`). With ``weight`` = (x, x's grid, where ȳ's outputs start in
     the pass's planes), the pass is an input gradient, and each sample's part of the weight
     gradient follows it; returns gw (K, C, taps), else None."""
@@ -1337,7 +1336,7 @@ def backward(gy, x, w, padding, dilation, kept=None):
         return None
     grid = _grid(x.shape, tuple(w.shape), (1, 1), padding, dilation,
                  _interleaves("weight_grad", n, h, wd))
-    if grid.padded_here():
+    if grid.padded_here() and gy.size and x.size:
         return _backward_by_samples(gy, x, w, grid, padding, dilation)
     if not (isinstance(kept, PaddedInput) and kept.grid is grid):
         return None

@@ -22,6 +22,8 @@ the pooling ops share.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import numpy as np
@@ -145,7 +147,9 @@ def _columns(x, kernel_hw, stride, padding, dilation, groups):
     win = windows(pad_hw(x, padding), kernel_hw, stride, dilation)    # (N, C, OH, OW, KH, KW)
     n, c, oh, ow, kh, kw = win.shape
     win = win.reshape(n, groups, c // groups, oh, ow, kh, kw)           # still a view
-    cols = win.transpose(1, 0, 3, 4, 2, 5, 6).reshape(groups, n * oh * ow, -1)
+    # (sizes spelled out, not -1: an empty batch would leave the last one undetermined)
+    cols = win.transpose(1, 0, 3, 4, 2, 5, 6).reshape(groups, n * oh * ow,
+                                                      c // groups * kh * kw)
     return cols, (oh, ow)
 
 
@@ -167,7 +171,8 @@ def conv2d_forward_reference(x, w, stride: Pair, padding: Pair, dilation: Pair, 
     columns for the weight gradient; the reference keeps none (None)."""
     n, o = x.shape[0], w.shape[0]
     cols, (oh, ow) = _columns(x, w.shape[2:], stride, padding, dilation, groups)
-    w_mat = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)     # (G, C/G*KH*KW, O/G)
+    w_mat = w.reshape(groups, o // groups, math.prod(w.shape[1:])).transpose(0, 2, 1)
+    # (G, C/G*KH*KW, O/G)
     y = cols @ w_mat                                                   # (G, N*OH*OW, O/G)
     y = y.reshape(groups, n, oh, ow, o // groups).transpose(1, 0, 4, 2, 3)
     y = _array_module(x).ascontiguousarray(y.reshape(n, o, oh, ow))

@@ -613,6 +613,34 @@ def test_plain_planes_of_eight_samples_or_more_go_sample_by_sample(x_shape, w_sh
         backend.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("n, c, k, hw", [
+    (8, 0, 4, 20), (2, 0, 4, 20), (32, 0, 4, 8),    # no input channels (plain, interleaved)
+    (8, 4, 0, 20), (32, 4, 0, 8), (0, 4, 4, 20),    # no output channels, no samples
+    (8, 0, 4, 3)])                                  # (im2col)
+def test_empty_convolutions_equal_the_reference(n, c, k, hw):
+    """Convolutions of empty arrays give the reference's answer (the bias alone, zero
+    gradients), through the forward, each gradient and both at once. (The direct loops had
+    left the sums of a convolution with no input channels unset, and the reference and
+    im2col had failed to reshape empty matrices.)"""
+    rng = np.random.default_rng(0)
+    geometry = ((1, 1), (1, 1), (1, 1), 1)
+    x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+    w = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(k).astype(np.float32)
+    forward, forward_reference = numba_and_reference("conv2d_forward")
+    y, kept = forward(x, w, *geometry, bias=bias, keep_columns=True)
+    np.testing.assert_array_equal(y, forward_reference(x, w, *geometry, bias=bias))
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    for name, args in (("conv2d_input_grad", (gy, w, x.shape)),
+                       ("conv2d_weight_grad", (x, gy, w.shape))):
+        fast, reference = numba_and_reference(name)
+        np.testing.assert_array_equal(fast(*args, *geometry), reference(*args, *geometry))
+    backward, reference = numba_and_reference("conv2d_backward")
+    for got, want in zip(backward(gy, x, w, *geometry, columns=kept),
+                         reference(gy, x, w, *geometry)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_conv2d_backward_without_a_graph_equals_the_two_primitives():
     """conv2d's VJP takes both gradients from kernel conv2d_backward when no graph of the
     backward pass is recorded, and from the two differentiable primitives with create_graph:
