@@ -642,11 +642,14 @@ def _masked_forward_sample(copies, wf, bias, raw, yf, offsets, dims, n):
     chunks and flipped kernels had made CNN-S's first forward 10-30% slower (0.182-0.184
     against 0.158-0.163 ms in a calm period; the stem's 9-19%), for 0.2-0.9 s more cold
     compile."""
-    c_in, k_out, plane, taps, length, apart, h, w, top, left, kw, step = dims[:12]
+    c_in, k_out, plane, taps, length, apart, h, w, top, left, kw, step, own = dims[:13]
+    # sample n's copies: at its place among all samples', or (``own``) at the start of
+    # ``copies``, a work area of the caller's (:func:`_samples_task`)
+    planes_of_n = 0 if own else n * c_in
     for q in range(kw):
         kept_from, kept_to = _kept_columns(q, step, left, w)
         for c in range(c_in):
-            at, src = q * apart + (n * c_in + c) * length, (n * c_in + c) * h * w
+            at, src = q * apart + (planes_of_n + c) * length, (n * c_in + c) * h * w
             _pad_plane(raw[src:src + h * w], copies[at:at + length], h, w, top, left, w,
                        kept_from, kept_to)
     sums = numba.carray(_stack_array(_FORWARD_SUMS, copies.dtype), (_FORWARD_SUMS,))
@@ -656,7 +659,7 @@ def _masked_forward_sample(copies, wf, bias, raw, yf, offsets, dims, n):
             for s in range(_FORWARD_SUMS):
                 sums[s] = 0
             for c in range(c_in):
-                at = u64((n * c_in + c) * length + o0)
+                at = u64((planes_of_n + c) * length + o0)
                 for tap in range(taps):
                     row = at + u64(offsets[tap])
                     for kk in range(OUT_BLOCK):
@@ -850,53 +853,61 @@ def _argument_block(a, b, c, d, e, ints, place, dims):
 
 def _samples_task(task, address, tasks):
     """Group ``task`` of ``tasks`` of samples, one after the other, on a work area of its own
-    (in the L2 cache from the group's first sample on): a stride-1 convolution's pass of the
-    forward loop, sample by sample, its planes padded into the area (``padded_here``); and,
-    for a backward (the pass then an input gradient), each sample's part of the weight gradient
-    right after, from x's planes padded into the area too and ȳ's still there from the input
-    gradient, added into the group's part of gw (the parts are added up in their order, so
-    that the sum does not depend on which thread ran which group). A batch's padded planes,
-    kept from the forward for the weight gradient and laid out again for the two gradients,
-    had been written to memory and read back; in the host's slow periods (memory bandwidth
-    down several-fold) that traffic had made ResNet-18's 32x32 layers 73-82% slower.
+    (in the L2 cache from the group's first sample on). For each sample: a *pass* (the forward
+    loop's, padding the sample's planes into the area (``padded_here``), or a first layer's
+    forward on its masked copies there), then, for a *weight gradient*, the sample's part of
+    gw, from x's planes (or masked copies) laid out in the area and ȳ's planes still there from
+    the pass (an input gradient), or ȳ where it lies (no pass), added into the group's part of
+    gw (the parts are added up in their order, so that the sum does not depend on which thread
+    ran which group). A batch's planes, kept from the forward for the weight gradient and laid
+    out again for the two gradients, had been written to memory and read back; in the host's
+    slow periods (memory bandwidth down several-fold) that traffic had made ResNet-18's 32x32
+    layers 73-82% slower.
 
-    a = the work areas (``area`` values each: the pass's planes, then, for a backward, x's
-    planes and the group's K x C x taps part of gw), b = w, c = the bias (a forward) or x (a
-    backward), d = the pass's input (x, or ȳ), e = its output (y, or x̄); ints = the forward
-    loop's taps table, then, for a backward, the weight gradient's; place = the forward
-    loop's place rows, its dims, then, for a backward, the weight gradient's dims; dims = (N,
-    area, x_at (x's planes in the area; 0: a forward), gw_size (a group's part of gw, after
-    all the areas), shift (where ȳ's output positions start in the pass's planes), the
-    forward job's address, the weight gradient's, its tasks, the forward loop's parts (place
-    rows), then x's planes: C, H, W, top, left, pitch, length)."""
+    a = the work areas (``area`` values each: the pass's planes, then x's for a weight
+    gradient), then the groups' parts of gw (``gw_size`` values each); b = w, c = the bias (a
+    forward) or x (a weight gradient), d = the pass's input (x, or ȳ) or ȳ, e = the pass's
+    output (y, or x̄); ints = the pass's taps (``pass_ints`` of them), then the weight
+    gradient's taps table; place = the pass's place rows (``parts``), its dims (_DIMS), the
+    weight gradient's (:func:`_weight_grad_dims`), then x's: C, H, W, top, left, pitch, length
+    (of a plane), apart (from copy to copy); dims = (N, area, planes (the pass's values in the
+    area, then zeros up to x's), x_at, gw_size, shift (where ȳ's output positions start in the
+    pass's planes), the pass's job, the weight gradient's, its tasks, parts, pass_ints,
+    g_sample (ȳ's values per sample), copies (of x: 0 for a plain one), copy_step)."""
     a, b, c, d, e, ints, place, dims = _arguments(address)
-    n, area, x_at, gw_size, shift, forward_job, weight_job, weight_tasks, parts, \
-        c_in, h, w, top, left, pitch, length = dims[:16]
+    n, area, planes, x_at, gw_size, shift, pass_job, weight_job, weight_tasks, parts, \
+        pass_ints, g_sample, copies, copy_step = dims[:14]
     first, last = task * n // tasks, (task + 1) * n // tasks
-    # the group's work area, and its part of gw after all the areas
     work = a[task * area:(task + 1) * area]
-    rows = parts * _PLACE                      # the forward loop's place rows
-    forward_dims = place[rows:rows + _DIMS]
-    taps = ints.size // 2 if x_at else ints.size
-    # the pass's planes (its input channels times their length), then the zeros that the
-    # last one's taps read past it
-    planes_end = x_at if x_at else area
-    work[forward_dims[0] * forward_dims[6]:planes_end] = 0
-    forward = _argument_block(work[:planes_end], b, _EMPTY if x_at else c, d, e,
-                              ints[:taps], place[:rows], forward_dims)
-    if x_at:
+    planes_end = x_at if weight_job else area
+    work[planes:planes_end] = 0                # what the last plane's taps read past it
+    rows = parts * _PLACE
+    at = rows + _DIMS + _WEIGHT_DIMS           # x's geometry in place
+    c_in, h, w, top, left, pitch, length, apart = place[at], place[at + 1], place[at + 2], \
+        place[at + 3], place[at + 4], place[at + 5], place[at + 6], place[at + 7]
+    if pass_job:
+        pass_block = _argument_block(work[:planes_end], b, _EMPTY if weight_job else c, d, e,
+                                     ints[:pass_ints], place[:rows], place[rows:rows + _DIMS])
+    if weight_job:
         x_planes = work[x_at:]
-        x_planes[c_in * length:] = 0
+        x_planes[max(copies, 1) * apart:] = 0
         gw_part = a[tasks * area + task * gw_size:tasks * area + (task + 1) * gw_size]
-        weight = _argument_block(x_planes, work[shift:planes_end], gw_part, _EMPTY, _EMPTY,
-                                 ints[taps:], _EMPTY_INTS, place[rows + _DIMS:])
+        weight = _argument_block(x_planes, work[shift:planes_end] if pass_job else d, gw_part,
+                                 _EMPTY, _EMPTY, ints[pass_ints:], _EMPTY_INTS,
+                                 place[rows + _DIMS:at])
     for sample in range(first, last):
-        call_job(forward_job, np.intc(sample), forward.ctypes.data, np.intc(n))
-        if x_at:
-            for ch in range(c_in):
-                plane = (sample * c_in + ch) * h * w
-                _pad_plane(c[plane:plane + h * w], x_planes[ch * length:(ch + 1) * length],
-                           h, w, top, left, pitch)
+        if pass_job:
+            call_job(pass_job, np.intc(sample), pass_block.ctypes.data, np.intc(n))
+        if weight_job:
+            for q in range(max(copies, 1)):
+                kept_from, kept_to = _kept_columns(q, copy_step, left, w) if copies else \
+                    (0, w)
+                for ch in range(c_in):
+                    plane, to = (sample * c_in + ch) * h * w, q * apart + ch * length
+                    _pad_plane(c[plane:plane + h * w], x_planes[to:to + length], h, w, top,
+                               left, pitch, kept_from, kept_to)
+            if not pass_job:                   # ȳ where it lies: the sample's
+                put_vector(weight, 2, d[sample * g_sample:(sample + 1) * g_sample])
             call_job(weight_job, np.intc(-1), weight.ctypes.data, np.intc(weight_tasks))
 
 
@@ -1241,48 +1252,91 @@ def _rounded(values):
     return -(-values // 16) * 16
 
 
-def _pass_by_samples(grid, raw, w, bias, out, taps, place, flipped, weight=None):
-    """The forward loop's pass of ``grid`` (stride 1, a plane per sample) over the samples of
-    ``raw`` into ``out``, in groups of samples on the pool, each group on a work area of its
-    own (:func:`_samples_task`). With ``weight`` = (x, x's grid, where ȳ's outputs start in
-    the pass's planes), the pass is an input gradient, and each sample's part of the weight
-    gradient follows it; returns gw (K, C, taps), else None."""
+class _SamplePass:
+    """A pass of :func:`_samples_task`: the ``job`` run per sample, its ``planes`` (values of
+    the work area, zeros after them up to x's), taps ``ints``, ``place`` rows and ``dims``."""
+    __slots__ = ("job", "planes", "ints", "place", "dims")
+
+    def __init__(self, job, planes, ints, place, dims):
+        self.job, self.planes, self.ints, self.place = job, planes, ints, place
+        self.dims = _job_dims(dims)
+
+
+class _SampleWeights:
+    """The weight gradient of :func:`_samples_task`: x's ``geometry`` (C, H, W, top, left,
+    pitch, plane length, copy apart), its ``copies`` (0: one plain copy) ``copy_step`` apart
+    in columns, the ``values`` they take in the work area, the loop's taps ``table``, ``dims``
+    and ``tasks`` (:func:`_weight_grad_dims`), gw's ``size``, and where ȳ is read: ``shift``
+    into the pass's planes, or, without a pass, ``g_sample`` values per sample where it
+    lies."""
+    __slots__ = ("geometry", "copies", "copy_step", "values", "table", "dims", "tasks", "size",
+                 "shift", "g_sample")
+
+    def __init__(self, geometry, values, table, dims, tasks, size, shift=0, g_sample=0,
+                 copies=0, copy_step=0):
+        self.geometry, self.values, self.table, self.dims = geometry, values, table, dims
+        self.tasks, self.size, self.shift, self.g_sample = tasks, size, shift, g_sample
+        self.copies, self.copy_step = copies, copy_step
+
+
+def _by_samples(n, w, third, source, out, pass_=None, weights=None):
+    """:func:`_samples_task` over n samples, in groups on the pool, each group on a work area
+    of its own: ``pass_`` (:class:`_SamplePass`) reads ``source`` (and the bias ``third``)
+    and writes ``out``; ``weights`` (:class:`_SampleWeights`) sums gw from x (``third``) and ȳ
+    (the pass's planes, or ``source``). Returns gw (flat), or None."""
     threads = numba.get_num_threads()
     # a few groups per thread, so that the pool can even out the threads' shares (a group per
     # thread: 0.98 against 0.82 ms on a 32x32 layer, the second thread late to start)
-    groups = max(1, min(grid.n, GROUPS_PER_THREAD * threads))
-    planes = _rounded(grid.c * grid.length + grid.reach)
-    forward_dims = grid.forward_dims(flipped)
-    ints, extra, area, x_at, gw_size, shift = taps, [], planes, 0, 0, 0
-    weight_address = weight_tasks = 0
-    x_geometry = (0,) * 7
-    if weight is not None:
-        x, x_grid, shift = weight
-        k, c, count = grid.c, x_grid.c, x_grid.taps_anywhere.size // 5
-        x_at, gw_size = planes, _rounded(k * c * count)
-        area = planes + _rounded(c * x_grid.length + x_grid.reach)
-        # one run: the sample's output rows, whole vectors
-        run = -(-x_grid.oh * x_grid.pitch // LANES) * LANES
-        in_slots = _taps_in_slots(c, count, (1, 1))
-        extra = [c, k, 1, run, run, count, x_grid.length, grid.length,
-                 run if STRIP < run <= WHOLE_RUN_MAX else STRIP, 0, int(in_slots)]
-        ints = np.concatenate([taps, x_grid.taps_anywhere])
-        weight_address = _JOBS[_WEIGHT_GRAD].address
-        weight_tasks = -(-k // GRAD_OUT_BLOCK) * (c if in_slots else -(-c // GRAD_IN_BLOCK))
-        x_geometry = (c, x_grid.h, x_grid.w, x_grid.ph, x_grid.pw, x_grid.pitch,
-                      x_grid.length)
+    groups = max(1, min(n, GROUPS_PER_THREAD * threads))
+    planes = pass_.planes if pass_ is not None else 0
+    x_at = _rounded(planes)
+    area = x_at + (_rounded(weights.values) if weights is not None else 0)
+    gw_size = _rounded(weights.size) if weights is not None else 0
     work = scratch(groups * (area + gw_size), np.float32, "direct input")
     work[groups * area:] = 0                   # the groups' parts of gw
-    dims = (grid.n, area, x_at, gw_size, shift, _JOBS[_FORWARD].address, weight_address,
-            weight_tasks, place.size // _PLACE, *x_geometry)
-    third = flat(x) if weight is not None else _EMPTY if bias is None else flat(bias)
-    _parallel(_SAMPLES, work, flat(w), third, flat(raw), out.reshape(-1), ints, dims, groups,
-              np.array([*place, *forward_dims, *extra], np.int64))
-    if weight is None:
+    place = [*(pass_.place if pass_ is not None else ()),
+             *(pass_.dims if pass_ is not None else (0,) * _DIMS)]
+    pass_ints = pass_.ints if pass_ is not None else _EMPTY_INTS
+    ints = pass_ints
+    job_dims = [n, area, planes, x_at, gw_size, 0, pass_.job if pass_ is not None else 0, 0, 0,
+                len(pass_.place) // _PLACE if pass_ is not None else 0, pass_ints.size, 0, 0, 0]
+    if weights is not None:
+        place += [*weights.dims, *weights.geometry]
+        ints = np.concatenate([pass_ints, weights.table])
+        job_dims[5], job_dims[7], job_dims[8] = weights.shift, _JOBS[_WEIGHT_GRAD].address, \
+            weights.tasks
+        job_dims[11:] = weights.g_sample, weights.copies, weights.copy_step
+    _parallel(_SAMPLES, work, flat(w), third, flat(source), out, ints, job_dims, groups,
+              np.array(place, np.int64))
+    if weights is None:
         return None
     # the groups' parts added in their order: the same sum whichever thread ran which group
-    parts = work[groups * area:].reshape(groups, gw_size)[:, :k * c * count]
-    return parts.sum(axis=0)
+    return work[groups * area:].reshape(groups, gw_size)[:, :weights.size].sum(axis=0)
+
+
+def _pass_by_samples(grid, raw, w, bias, out, taps, place, flipped, weight=None):
+    """The forward loop's pass of ``grid`` (stride 1, a plane per sample) over the samples of
+    ``raw`` into ``out``, sample by sample (:func:`_by_samples`). With ``weight`` = (x, x's
+    grid, where ȳ's outputs start in the pass's planes), the pass is an input gradient, and
+    each sample's part of the weight gradient follows it; returns gw (K, C, taps), else
+    None."""
+    pass_ = _SamplePass(_JOBS[_FORWARD].address, grid.c * grid.length + grid.reach, taps,
+                        place, grid.forward_dims(flipped))
+    if weight is None:
+        _by_samples(grid.n, w, _EMPTY if bias is None else flat(bias), raw, out.reshape(-1),
+                    pass_)
+        return None
+    x, x_grid, shift = weight
+    k, c, count = grid.c, x_grid.c, x_grid.taps_anywhere.size // 5
+    # one run: the sample's output rows, whole vectors
+    run = -(-x_grid.oh * x_grid.pitch // LANES) * LANES
+    dims, tasks = _weight_grad_dims(c, k, 1, run, run, count, x_grid.length, grid.length, 0,
+                                    (1, 1))
+    weights = _SampleWeights((c, x_grid.h, x_grid.w, x_grid.ph, x_grid.pw, x_grid.pitch,
+                              x_grid.length, c * x_grid.length),
+                             c * x_grid.length + x_grid.reach, x_grid.taps_anywhere, dims,
+                             tasks, k * c * count, shift=shift)
+    return _by_samples(grid.n, w, flat(x), raw, out.reshape(-1), pass_, weights)
 
 
 def forward(x, w, bias, padding, dilation, stride=(1, 1), keep=False):
@@ -1565,14 +1619,25 @@ def _masked_forward(x, w, bias, padding, dilation, keep):
     ``keep``: (y, the copies as :class:`MaskedCopies`, in an array of their
     own)."""
     (n, c, h, wd), (k, _, kh, kw), (ph, pw) = x.shape, w.shape, padding
+    bias = _EMPTY if bias is None else flat(bias)
+    if n >= PADDED_HERE_MIN_SAMPLES:
+        # sample by sample, each sample's copies in its group's work area (a layout of one
+        # sample); nothing kept: the weight gradient goes sample by sample too
+        one = _masked_layout((1, c, h, wd), w.shape, padding, dilation)
+        y = np.empty((n, k, one.oh, wd), np.float32)
+        dims = (c, k, one.oh * wd, kh * kw, one.length, one.apart, h, wd, ph, pw, kw,
+                dilation[1], 1)
+        _by_samples(n, w, bias, x, y.reshape(-1),
+                    _SamplePass(_JOBS[_MASKED_FORWARD].address, one.size, one.offsets, (), dims))
+        return (y, None) if keep else y
     layout = _masked_layout(x.shape, w.shape, padding, dilation)
     copies = np.empty(layout.size, np.float32) if keep else \
         scratch(layout.size, np.float32, "direct input")
     y = np.empty((n, k, layout.oh, wd), np.float32)
     dims = (c, k, layout.oh * wd, kh * kw, layout.length, layout.apart, h, wd, ph, pw, kw,
             dilation[1])
-    _parallel(_MASKED_FORWARD, copies, flat(w), _EMPTY if bias is None else flat(bias), flat(x),
-              y.reshape(-1), layout.offsets, dims, n)
+    _parallel(_MASKED_FORWARD, copies, flat(w), bias, flat(x), y.reshape(-1), layout.offsets,
+              dims, n)
     return (y, MaskedCopies(layout, copies)) if keep else y
 
 
@@ -1588,10 +1653,24 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_
     if gy.size and x.size and gy_planes is None and _masked_copies_apply(
             x.shape, w_shape, stride, padding, dilation):
         # ȳ where it lies (N, K, OH*OW), sample by sample
-        (n, c), k, length = x.shape[:2], w_shape[0], gy.shape[2] * gy.shape[3]
+        (n, c, h, wd), k, length = x.shape, w_shape[0], gy.shape[2] * gy.shape[3]
         layout = _masked_layout(x.shape, w_shape, padding, dilation)
-        copies = kept.copies if isinstance(kept, MaskedCopies) and kept.layout is layout \
-            else _masked_copies(x, layout)
+        if isinstance(kept, MaskedCopies) and kept.layout is layout:
+            copies = kept.copies
+        elif n >= PADDED_HERE_MIN_SAMPLES:
+            # each sample's copies in its group's work area, then its part of gw
+            one = _masked_layout((1, c, h, wd), w_shape, padding, dilation)
+            count = one.taps.size // 5
+            dims, tasks = _weight_grad_dims(c, k, 1, length, length, count, one.length, length,
+                                            0, stride)
+            weights = _SampleWeights((c, h, wd, *padding, wd, one.length, one.apart), one.size,
+                                     one.taps, dims, tasks, gw.size, g_sample=k * length,
+                                     copies=one.copies, copy_step=dilation[1])
+            gw[...] = _by_samples(n, _EMPTY, flat(x), gy, _EMPTY, weights=weights).reshape(
+                w_shape)
+            return gw
+        else:
+            copies = _masked_copies(x, layout)
         _sweep_weight_grad(copies, flat(gy), gw, layout.taps, c, k, n, length, k * length,
                            layout.length, length, c * layout.length, stride)
         return gw
@@ -1629,13 +1708,23 @@ def _sweep_weight_grad(x_planes, gy_planes, gw, taps, c, k, rows, run, pitch, x_
     ``run`` positions (``pitch`` apart in gy, ``x_pitch`` in x when not 0; channels
     ``x_stride`` and ``g_stride`` apart), a task per block of channels on the pool, for a
     convolution of stride ``stride`` whose taps are ``taps`` (:func:`_tap_table`)."""
-    count = taps.size // 5
+    dims, tasks = _weight_grad_dims(c, k, rows, run, pitch, taps.size // 5, x_stride,
+                                    g_stride, x_pitch, stride)
+    _parallel(_WEIGHT_GRAD, x_planes, gy_planes, gw.reshape(-1), _EMPTY, _EMPTY, taps, dims,
+              tasks)
+
+
+_WEIGHT_DIMS = 11      # the weight gradient loop's integers
+
+
+def _weight_grad_dims(c, k, rows, run, pitch, count, x_stride, g_stride, x_pitch, stride):
+    """The dims of :func:`_weight_grad_tasks` for ``count`` taps (see
+    :func:`_sweep_weight_grad`), and its number of tasks."""
     taps_in_slots = _taps_in_slots(c, count, stride)
     strip = run if STRIP < run <= WHOLE_RUN_MAX else STRIP
     dims = (c, k, rows, run, pitch, count, x_stride, g_stride, strip, x_pitch,
             int(taps_in_slots))
-    _parallel(_WEIGHT_GRAD, x_planes, gy_planes, gw.reshape(-1), _EMPTY, _EMPTY, taps, dims,
-              (-(-k // GRAD_OUT_BLOCK)) * (c if taps_in_slots else -(-c // GRAD_IN_BLOCK)))
+    return dims, -(-k // GRAD_OUT_BLOCK) * (c if taps_in_slots else -(-c // GRAD_IN_BLOCK))
 
 
 # The most input channels whose weight gradient puts taps in its blocks' slots when the

@@ -114,9 +114,9 @@ def test_first_layers_on_column_masked_copies_equal_the_reference(data):
     """A network's first layers (few input channels, stride 1, "same" along the rows): the
     forward writes KW column-masked copies of x and stores its blocks straight into y (the
     last block of a plane overlapping the one before), and the weight gradient sweeps gy where
-    it lies against those copies, kept from the forward or written again, whatever the kernel
-    size, dilation and row padding, with and without a bias, the copies padded serially or on
-    the pool."""
+    it lies against those copies, kept from the forward or written again (from 8 samples on,
+    sample by sample in work areas, nothing kept), whatever the kernel size, dilation and row
+    padding, with and without a bias, the copies padded serially or on the pool."""
     direct = _direct()
     kh, kw = data.draw(st.integers(1, 5), label="kh"), data.draw(st.integers(1, 5), label="kw")
     dh, dw = data.draw(st.integers(1, 2), label="dh"), data.draw(st.integers(1, 2), label="dw")
@@ -126,7 +126,7 @@ def test_first_layers_on_column_masked_copies_equal_the_reference(data):
     c = data.draw(st.integers(1, 3), label="c")
     # output channels past a block of OUT_BLOCK = 4 now and then, partial blocks too
     k = kw * c + data.draw(st.integers(1, 6), label="extra k")
-    n = data.draw(st.sampled_from([1, 2, 3]), label="n")
+    n = data.draw(st.sampled_from([1, 2, 3, 9]), label="n")
     w_ = 8 * data.draw(st.integers(1, 3), label="w / 8")     # whole vectors of outputs
     h = max(dh * (kh - 1) + 1 - 2 * padding[0], 1) + data.draw(st.integers(0, 9), label="h")
     oh = h + 2 * padding[0] - dh * (kh - 1)
@@ -147,7 +147,8 @@ def test_first_layers_on_column_masked_copies_equal_the_reference(data):
     parallel = data.draw(st.booleans(), label="parallel pad")
     with mock.patch.object(direct, "pool_shared", lambda: parallel):
         y, kept = direct.forward(x, w, bias, padding, (dh, dw), keep=True)
-        assert isinstance(kept, direct.MaskedCopies)
+        by_samples = n >= direct.PADDED_HERE_MIN_SAMPLES
+        assert kept is None if by_samples else isinstance(kept, direct.MaskedCopies)
         assert_close(y, forward(x, w, *geometry, bias=bias),
                      bound=forward(np.abs(x), np.abs(w), *geometry,
                                    bias=None if bias is None else np.abs(bias)))
@@ -161,11 +162,14 @@ def test_first_layers_on_column_masked_copies_equal_the_reference(data):
                          want, bound=bound)
 
 
-def test_first_layers_run_on_masked_copies():
+@pytest.mark.parametrize("n", [64, 4])
+def test_first_layers_run_on_masked_copies(n):
     """CNN-S's and ResNet-18's first convolutions (1 and 3 input channels, 16 outputs) take
     the masked copies; a 16 -> 16 layer, a strided one and one whose output rows are not whole
-    vectors lay gy out on x's grid instead. The weight gradient writes the copies itself, or,
-    as training runs it, takes the forward's."""
+    vectors lay gy out on x's grid instead. Of 8 samples or more (CNN-S's 64), the forward and
+    the weight gradient go sample by sample, each sample's copies in a work area: the forward
+    keeps nothing and the batch's copies are never written. Of fewer, the weight gradient
+    writes the copies itself, or, as training runs it, takes the forward's."""
     direct = _direct()
     applies = direct._masked_copies_apply
     assert applies((64, 1, 28, 28), (16, 1, 3, 3), (1, 1), (1, 1), (1, 1))
@@ -175,8 +179,9 @@ def test_first_layers_run_on_masked_copies():
     assert not applies((32, 1, 31, 31), (16, 1, 3, 3), (1, 1), (1, 1), (1, 1))
     assert not applies((32, 1, 28, 28), (16, 1, 3, 3), (1, 1), (0, 0), (1, 1))    # OW < W
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
-    gy = rng.standard_normal((64, 16, 28, 28)).astype(np.float32)
+    x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+    gy = rng.standard_normal((n, 16, 28, 28)).astype(np.float32)
+    by_samples = n >= direct.PADDED_HERE_MIN_SAMPLES
     calls = []
     real = direct._masked_copies
     with mock.patch.object(direct, "_masked_copies",
@@ -186,13 +191,13 @@ def test_first_layers_run_on_masked_copies():
         want = reference(x, gy, (16, 1, 3, 3), *geometry)
         bound = reference(np.abs(x), np.abs(gy), (16, 1, 3, 3), *geometry)
         assert_close(fast(x, gy, (16, 1, 3, 3), *geometry), want, bound=bound)
-        assert calls == [x.shape]
+        assert calls == ([] if by_samples else [x.shape])
         forward, _ = numba_and_reference("conv2d_forward")
         _, kept = forward(x, rng.standard_normal((16, 1, 3, 3)).astype(np.float32), *geometry,
                           keep_columns=True)
-        assert isinstance(kept, direct.MaskedCopies)
+        assert kept is None if by_samples else isinstance(kept, direct.MaskedCopies)
         assert_close(fast(x, gy, (16, 1, 3, 3), *geometry, columns=kept), want, bound=bound)
-    assert calls == [x.shape]
+    assert calls == ([] if by_samples else [x.shape])
 
 
 @pytest.mark.parametrize("parallel_pad", [True, False])
