@@ -882,9 +882,12 @@ def _samples_task(task, address, tasks):
     planes_end = x_at if weight_job else area
     work[planes:planes_end] = 0                # what the last plane's taps read past it
     rows = parts * _PLACE
-    at = rows + _DIMS + _WEIGHT_DIMS           # x's geometry in place
-    c_in, h, w, top, left, pitch, length, apart = place[at], place[at + 1], place[at + 2], \
-        place[at + 3], place[at + 4], place[at + 5], place[at + 6], place[at + 7]
+    at = rows + _DIMS + _WEIGHT_DIMS           # x's geometry in place (a weight gradient's)
+    c_in = h = w = top = left = pitch = length = apart = 0
+    if weight_job:
+        c_in, h, w, top, left, pitch, length, apart = place[at], place[at + 1], \
+            place[at + 2], place[at + 3], place[at + 4], place[at + 5], place[at + 6], \
+            place[at + 7]
     if pass_job:
         pass_block = _argument_block(work[:planes_end], b, _EMPTY if weight_job else c, d, e,
                                      ints[:pass_ints], place[:rows], place[rows:rows + _DIMS])
