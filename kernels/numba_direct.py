@@ -880,7 +880,7 @@ def _samples_task(task, address, tasks):
     first, last = task * n // tasks, (task + 1) * n // tasks
     work = a[task * area:(task + 1) * area]
     planes_end = x_at if weight_job else area
-    work[planes:planes_end] = 0                # what the last plane's taps read past it
+    work[planes:planes_end] = 0                # what the last plane's taps may read past it
     rows = parts * _PLACE
     at = rows + _DIMS + _WEIGHT_DIMS           # x's geometry in place (a weight gradient's)
     c_in = h = w = top = left = pitch = length = apart = 0
@@ -1256,12 +1256,14 @@ def _rounded(values):
 
 
 class _SamplePass:
-    """A pass of :func:`_samples_task`: the ``job`` run per sample, its ``planes`` (values of
-    the work area, zeros after them up to x's), taps ``ints``, ``place`` rows and ``dims``."""
-    __slots__ = ("job", "planes", "ints", "place", "dims")
+    """A pass of :func:`_samples_task`: the ``job`` run per sample, the ``planes`` it writes
+    into the work area (values) and the ``reach`` of zeros after them that its taps may read,
+    its taps ``ints``, ``place`` rows and ``dims``."""
+    __slots__ = ("job", "planes", "reach", "ints", "place", "dims")
 
-    def __init__(self, job, planes, ints, place, dims):
-        self.job, self.planes, self.ints, self.place = job, planes, ints, place
+    def __init__(self, job, planes, reach, ints, place, dims):
+        self.job, self.planes, self.reach, self.ints, self.place = job, planes, reach, ints, \
+            place
         self.dims = _job_dims(dims)
 
 
@@ -1292,7 +1294,7 @@ def _by_samples(n, w, third, source, out, pass_=None, weights=None):
     # thread: 0.98 against 0.82 ms on a 32x32 layer, the second thread late to start)
     groups = max(1, min(n, GROUPS_PER_THREAD * threads))
     planes = pass_.planes if pass_ is not None else 0
-    x_at = _rounded(planes)
+    x_at = _rounded(planes + pass_.reach) if pass_ is not None else 0
     area = x_at + (_rounded(weights.values) if weights is not None else 0)
     gw_size = _rounded(weights.size) if weights is not None else 0
     work = scratch(groups * (area + gw_size), np.float32, "direct input")
@@ -1323,7 +1325,7 @@ def _pass_by_samples(grid, raw, w, bias, out, taps, place, flipped, weight=None)
     grid, where ȳ's outputs start in the pass's planes), the pass is an input gradient, and
     each sample's part of the weight gradient follows it; returns gw (K, C, taps), else
     None."""
-    pass_ = _SamplePass(_JOBS[_FORWARD].address, grid.c * grid.length + grid.reach, taps,
+    pass_ = _SamplePass(_JOBS[_FORWARD].address, grid.c * grid.length, grid.reach, taps,
                         place, grid.forward_dims(flipped))
     if weight is None:
         _by_samples(grid.n, w, _EMPTY if bias is None else flat(bias), raw, out.reshape(-1),
@@ -1631,7 +1633,8 @@ def _masked_forward(x, w, bias, padding, dilation, keep):
         dims = (c, k, one.oh * wd, kh * kw, one.length, one.apart, h, wd, ph, pw, kw,
                 dilation[1], 1)
         _by_samples(n, w, bias, x, y.reshape(-1),
-                    _SamplePass(_JOBS[_MASKED_FORWARD].address, one.size, one.offsets, (), dims))
+                    _SamplePass(_JOBS[_MASKED_FORWARD].address, one.size, 0, one.offsets, (),
+                                dims))
         return (y, None) if keep else y
     layout = _masked_layout(x.shape, w.shape, padding, dilation)
     copies = np.empty(layout.size, np.float32) if keep else \
