@@ -579,7 +579,8 @@ def test_plain_planes_of_eight_samples_or_more_go_sample_by_sample(x_shape, w_sh
     forward, input gradient alone, and both gradients at once (each sample's part of the weight
     gradient from ȳ's planes of its input gradient) equal the reference kernels, whatever the
     number of threads (groups per thread times threads: 4 or 8 groups). The weight gradient is
-    the same to the bit from call to call (the groups' parts added in their order)."""
+    the same to the bit from call to call (the groups' parts added in their order), and no
+    NaN left in the work areas reaches it."""
     direct = _direct()
     from refnas import backend
     previous = backend.num_threads()
@@ -596,6 +597,8 @@ def test_plain_planes_of_eight_samples_or_more_go_sample_by_sample(x_shape, w_sh
             real = getattr(direct._Grid, name)
             monkeypatch.setattr(direct._Grid, name, lambda self, a, *args, real=real, **kw:
                                 laid_out.append(a.shape) or real(self, a, *args, **kw))
+        # (NaN left in the work areas by an earlier call must not reach the results)
+        direct.scratch(1 << 22, np.float32, "direct input")[:] = np.nan
         forward, forward_reference = numba_and_reference("conv2d_forward")
         y, kept = forward(x, w, *geometry, bias=bias, keep_columns=True)
         assert kept is None
