@@ -408,11 +408,12 @@ def conv2d_backward(gy, x, w, stride, padding, dilation, groups, columns=None):
     gy once for both (:func:`numba_direct.backward`); any other, the two kernels above, one
     after the other."""
     gy, x, w = contiguous(gy), contiguous(x), contiguous(w)
-    empty = gy.size == 0 or x.size == 0 or w.size == 0          # (the two kernels below)
+    # (empty arrays: the two kernels below answer them)
+    empty = gy.size == 0 or x.size == 0 or w.size == 0
     if not empty and pointwise.applies(x.shape, w.shape, stride, padding, dilation, groups,
                                        x.dtype):
         return pointwise.backward(gy, x.shape, w.shape, stride, x=x, w=w, kept=columns)
-    if tuple(stride) == (1, 1) and all(
+    if not empty and tuple(stride) == (1, 1) and all(
             direct.applies(kind, x.shape, w.shape, stride, padding, dilation, groups, x.dtype)
             for kind in ("input_grad", "weight_grad")):
         both = direct.backward(gy, x, w, padding, dilation, kept=columns)

@@ -23,7 +23,6 @@ the pooling ops share.
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 import numpy as np
@@ -171,8 +170,8 @@ def conv2d_forward_reference(x, w, stride: Pair, padding: Pair, dilation: Pair, 
     columns for the weight gradient; the reference keeps none (None)."""
     n, o = x.shape[0], w.shape[0]
     cols, (oh, ow) = _columns(x, w.shape[2:], stride, padding, dilation, groups)
+    # (G, C/G*KH*KW, O/G), the sizes spelled out (of an empty w, -1 would be undetermined)
     w_mat = w.reshape(groups, o // groups, math.prod(w.shape[1:])).transpose(0, 2, 1)
-    # (G, C/G*KH*KW, O/G)
     y = cols @ w_mat                                                   # (G, N*OH*OW, O/G)
     y = y.reshape(groups, n, oh, ow, o // groups).transpose(1, 0, 4, 2, 3)
     y = _array_module(x).ascontiguousarray(y.reshape(n, o, oh, ow))
