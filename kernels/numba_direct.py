@@ -476,8 +476,9 @@ def _forward_tasks(xf, wf, bias, raw, yf, taps_table, place, dims, first, last):
     by row (``rows`` > 1), skipping the padding columns, and a block skips the taps that read
     only padding for all its outputs (:func:`_reads_image`). With ``padded_here`` (stride 1, a
     plane per sample), each task first pads its sample's planes from the raw input ``raw``
-    into ``xf``, a work area of the caller's (:func:`_samples_task`): they are then read from
-    L2, not from a padded copy of the whole batch made in a pass of its own. The blocks of
+    into ``xf``, a work area of the caller's (:func:`_samples_task`; ``padded_here`` 2: the
+    caller has laid out the sample's phase planes there): they are then read from L2, not from
+    a padded copy of the whole batch made in a pass of its own. The blocks of
     partial sums are stored whole, as vectors, into a grid of the task's own; the valid
     positions are copied out to y once the block of channels is done (still in cache).
     Storing only the valid positions of each block, position by position, had cost as much
@@ -508,10 +509,11 @@ def _forward_tasks(xf, wf, bias, raw, yf, taps_table, place, dims, first, last):
     gridf = np.empty(OUT_BLOCK * span, xf.dtype)
     for task in range(first, last):
         n = task // (k_blocks // blocks_per_task)
-        # sample n's planes in xf: at its place among all samples', or, padded here, at the
-        # start of the work area that ``xf`` then is (:func:`_samples_task`)
+        # sample n's planes in xf: at its place among all samples', or, padded here (1) or
+        # laid out by the caller (2), at the start of the work area that ``xf`` then is
+        # (:func:`_samples_task`)
         planes_of_n = 0 if padded_here else n * c_in
-        if padded_here:
+        if padded_here == 1:
             for c in range(c_in):
                 plane, at = (n * c_in + c) * h * w, (planes_of_n + c) * length
                 _pad_plane(raw[plane:plane + h * w], xf[at:at + length], h, w, top, left,
@@ -856,60 +858,76 @@ def _samples_task(task, address, tasks):
     (in the L2 cache from the group's first sample on). For each sample: a *pass* (the forward
     loop's, padding the sample's planes into the area (``padded_here``), or a first layer's
     forward on its masked copies there), then, for a *weight gradient*, the sample's part of
-    gw, from x's planes (or masked copies) laid out in the area and ȳ's planes still there from
-    the pass (an input gradient), or ȳ where it lies (no pass), added into the group's part of
-    gw (the parts are added up in their order, so that the sum does not depend on which thread
-    ran which group). A batch's planes, kept from the forward for the weight gradient and laid
-    out again for the two gradients, had been written to memory and read back; in the host's
-    slow periods (memory bandwidth down several-fold) that traffic had made ResNet-18's 32x32
-    layers 73-82% slower.
+    gw, added into the group's part (the parts are added up in their order, so that the sum
+    does not depend on which thread ran which group): x's planes (plain, phase planes or
+    masked copies) are laid out in the area by the padding job, and ȳ is read from the pass's
+    planes (an input gradient's), laid out in the area too, or read where it lies. A batch's
+    planes, kept from the forward for the weight gradient and laid out again for the two
+    gradients, had been written to memory and read back; in the host's slow periods (memory
+    bandwidth down several-fold) that traffic had made ResNet-18's 32x32 layers 73-82%
+    slower.
 
-    a = the work areas (``area`` values each: the pass's planes, then x's for a weight
-    gradient), then the groups' parts of gw (``gw_size`` values each); b = w, c = the bias (a
+    a = the work areas (``area`` values each: the pass's planes, x's from ``x_at``, ȳ's from
+    ``g_at``), then the groups' parts of gw (``gw_size`` values each); b = w, c = the bias (a
     forward) or x (a weight gradient), d = the pass's input (x, or ȳ) or ȳ, e = the pass's
-    output (y, or x̄); ints = the pass's taps (``pass_ints`` of them), then the weight
-    gradient's taps table; place = the pass's place rows (``parts``), its dims (_DIMS), the
-    weight gradient's (:func:`_weight_grad_dims`), then x's: C, H, W, top, left, pitch, length
-    (of a plane), apart (from copy to copy); dims = (N, area, planes (the pass's values in the
-    area, then zeros up to x's), x_at, gw_size, shift (where ȳ's output positions start in the
-    pass's planes), the pass's job, the weight gradient's, its tasks, parts, pass_ints,
-    g_sample (ȳ's values per sample), copies (of x: 0 for a plain one), copy_step)."""
+    output (y, or x̄); ints = the pass's taps (``pass_ints`` values), the weight gradient's
+    taps table, x's phases (``x_phases`` values), ȳ's; place = the pass's place rows
+    (``parts``), its dims (_DIMS), the weight gradient's (_WEIGHT_DIMS), then the padding
+    job's for one sample of x, and of ȳ (_PAD_DIMS each); dims = (N, area, planes (the pass's
+    values, zeros after them up to x's), x_at, x_end (after x's planes, the zeros that their
+    taps read past them, up to ȳ's or the area's end), g_at (0: ȳ not laid out), gw_size,
+    shift (where ȳ's output positions start in the pass's planes), g_sample (ȳ's values per
+    sample), the pass's job, the weight gradient's, its tasks, the padding job, parts,
+    pass_ints, x_phases, lays_out (the pass's planes are x's, which the padding job lays out
+    first: a strided forward))."""
     a, b, c, d, e, ints, place, dims = _arguments(address)
-    n, area, planes, x_at, gw_size, shift, pass_job, weight_job, weight_tasks, parts, \
-        pass_ints, g_sample, copies, copy_step = dims[:14]
+    n, area, planes, x_at, x_end, g_at, gw_size, shift, g_sample, pass_job, weight_job, \
+        weight_tasks, pad_job, parts, pass_ints, x_phases, lays_out = dims[:17]
     first, last = task * n // tasks, (task + 1) * n // tasks
     work = a[task * area:(task + 1) * area]
     planes_end = x_at if weight_job else area
     work[planes:planes_end] = 0                # what the last plane's taps may read past it
     rows = parts * _PLACE
-    at = rows + _DIMS + _WEIGHT_DIMS           # x's geometry in place (a weight gradient's)
-    c_in = h = w = top = left = pitch = length = apart = 0
-    if weight_job:
-        c_in, h, w, top, left, pitch, length, apart = place[at], place[at + 1], \
-            place[at + 2], place[at + 3], place[at + 4], place[at + 5], place[at + 6], \
-            place[at + 7]
+    at = rows + _DIMS                          # the weight gradient's dims in place
+    x_dims, g_dims = place[at + _WEIGHT_DIMS:at + _WEIGHT_DIMS + _PAD_DIMS], \
+        place[at + _WEIGHT_DIMS + _PAD_DIMS:at + _WEIGHT_DIMS + 2 * _PAD_DIMS]
+    x_values = x_dims[1] * x_dims[2] * x_dims[3]                # a sample's C x H x W
+    table_end = pass_ints + 5 * place[at + 5]  # (no weight gradient: no taps)
     if pass_job:
         pass_block = _argument_block(work[:planes_end], b, _EMPTY if weight_job else c, d, e,
-                                     ints[:pass_ints], place[:rows], place[rows:rows + _DIMS])
+                                     ints[:pass_ints], place[:rows], place[rows:at])
+        # ``lays_out``: the pass's planes are x's, laid out here by the padding job
+        lay_out = _argument_block(d, _EMPTY, _EMPTY, _EMPTY, work[:planes_end],
+                                  ints[table_end:table_end + x_phases], _EMPTY_INTS, x_dims)
     if weight_job:
-        x_planes = work[x_at:]
-        x_planes[max(copies, 1) * apart:] = 0
+        x_planes = work[x_at:g_at if g_at else area]
+        x_planes[x_end - x_at:] = 0
+        x_block = _argument_block(c, _EMPTY, _EMPTY, _EMPTY, x_planes,
+                                  ints[table_end:table_end + x_phases], _EMPTY_INTS, x_dims)
+        if g_at:
+            g_block = _argument_block(d, _EMPTY, _EMPTY, _EMPTY, work[g_at:],
+                                      ints[table_end + x_phases:], _EMPTY_INTS, g_dims)
+        gy = work[shift:planes_end] if pass_job else work[g_at:] if g_at else d
         gw_part = a[tasks * area + task * gw_size:tasks * area + (task + 1) * gw_size]
-        weight = _argument_block(x_planes, work[shift:planes_end] if pass_job else d, gw_part,
-                                 _EMPTY, _EMPTY, ints[pass_ints:], _EMPTY_INTS,
-                                 place[rows + _DIMS:at])
+        weight = _argument_block(x_planes, gy, gw_part, _EMPTY, _EMPTY,
+                                 ints[pass_ints:table_end], _EMPTY_INTS,
+                                 place[at:at + _WEIGHT_DIMS])
     for sample in range(first, last):
+        if lays_out:
+            put_vector(lay_out, 0, d[sample * x_values:(sample + 1) * x_values])
+            for plane in range(x_dims[1]):
+                call_job(pad_job, np.intc(plane), lay_out.ctypes.data, np.intc(x_dims[1]))
         if pass_job:
             call_job(pass_job, np.intc(sample), pass_block.ctypes.data, np.intc(n))
         if weight_job:
-            for q in range(max(copies, 1)):
-                kept_from, kept_to = _kept_columns(q, copy_step, left, w) if copies else \
-                    (0, w)
-                for ch in range(c_in):
-                    plane, to = (sample * c_in + ch) * h * w, q * apart + ch * length
-                    _pad_plane(c[plane:plane + h * w], x_planes[to:to + length], h, w, top,
-                               left, pitch, kept_from, kept_to)
-            if not pass_job:                   # ȳ where it lies: the sample's
+            put_vector(x_block, 0, c[sample * x_values:(sample + 1) * x_values])
+            for plane in range(x_dims[1]):
+                call_job(pad_job, np.intc(plane), x_block.ctypes.data, np.intc(x_dims[1]))
+            if g_at:
+                put_vector(g_block, 0, d[sample * g_sample:(sample + 1) * g_sample])
+                for plane in range(g_dims[1]):
+                    call_job(pad_job, np.intc(plane), g_block.ctypes.data, np.intc(g_dims[1]))
+            elif not pass_job:                 # ȳ where it lies: the sample's
                 put_vector(weight, 2, d[sample * g_sample:(sample + 1) * g_sample])
             call_job(weight_job, np.intc(-1), weight.ctypes.data, np.intc(weight_tasks))
 
@@ -1026,29 +1044,41 @@ class _Grid:
         target[size:] = 0
         return target
 
+    def input_dims(self, samples, channel_major=False):
+        """The padding job's integers (:func:`_pad_planes`) for ``samples`` samples of x."""
+        return (samples, self.c, self.h, self.w, self.ph, self.pw, *self.stride, self.rows,
+                self.cols, self.lanes, self.length, int(channel_major), 0, 0)
+
+    def output_gradient_dims(self, samples):
+        """The padding job's integers for ``samples`` samples of gy (see
+        :meth:`output_gradient`)."""
+        return (samples, self.k, self.oh, self.ow, 0, 0, 1, 1, self.g_rows, self.cols,
+                self.lanes, self.g_length, 1, 0, 0)
+
     def padded_input(self, x, channel_major=False, own=False):
         """x on the grid: its phase planes, (N, C) planes of ``length`` ((C, N) when
         ``channel_major``, or C interleaved planes), and ``reach`` zeros after the last; in an
         array of its own with ``own`` (else in this thread's scratch)."""
         planes = self.c * self.groups
-        dims = (self.n, self.c, self.h, self.w, self.ph, self.pw, *self.stride, self.rows,
-                self.cols, self.lanes, self.length, int(channel_major))
-        return self._pad(x, self.phases, dims, planes, "direct input", planes * self.length,
-                         own)
+        return self._pad(x, self.phases, self.input_dims(self.n, channel_major), planes,
+                         "direct input", planes * self.length, own)
 
     def output_gradient(self, gy):
         """gy (N, K, OH, OW) on the output positions of the grid, channel-major."""
         planes = self.k * self.groups
-        dims = (self.n, self.k, self.oh, self.ow, 0, 0, 1, 1, self.g_rows, self.cols, self.lanes,
-                self.g_length, 1)
-        return self._pad(gy, _ONE_PHASE, dims, planes, "direct output gradient",
-                         planes * self.g_length)
+        return self._pad(gy, _ONE_PHASE, self.output_gradient_dims(self.n), planes,
+                         "direct output gradient", planes * self.g_length)
+
+    def by_samples(self):
+        """Whether the passes on this grid go sample by sample in work areas
+        (:func:`_by_samples`): a plane per sample, and enough samples to share out."""
+        return self.lanes == 1 and self.n >= PADDED_HERE_MIN_SAMPLES
 
     def padded_here(self):
         """Whether the forward loop's passes go sample by sample, each padding its sample into
-        a work area (:func:`_pass_by_samples`): stride 1, a plane per sample, and enough
-        samples to share out."""
-        return self.lanes == 1 and self.stride == (1, 1) and self.n >= PADDED_HERE_MIN_SAMPLES
+        a work area (:func:`_pass_by_samples`): stride 1 and :meth:`by_samples`. (Strided
+        forwards lay out their phase planes in a pass of their own.)"""
+        return self.stride == (1, 1) and self.by_samples()
 
     def placement(self):
         """The forward's one part (see :func:`_forward_tasks`): every tap and output channel,
@@ -1233,11 +1263,11 @@ def _convolve(x, w, bias, stride, padding, dilation, flipped=False, keep=False,
     # hands back the planes in this thread's scratch, valid until the next direct loop runs
     # (for :func:`backward`)
     own = keep and (grid.lanes > 1) == _interleaves(
-        "weight_grad", x.shape[0], x.shape[2], x.shape[3], stride)
+        "weight_grad", x.shape[0], x.shape[2], x.shape[3], stride) and not grid.by_samples()
     keep = keep or keep_output_planes
     kept = None
     taps, place = (grid.taps, grid.placement()) if parts is None else (parts.taps, parts.place)
-    if y.size and grid.padded_here():
+    if y.size and grid.by_samples():
         # sample by sample in work areas: nothing kept (the backward goes sample by sample too)
         _pass_by_samples(grid, x, w, bias, y, taps, place, flipped)
     elif y.size:
@@ -1258,30 +1288,36 @@ def _rounded(values):
 class _SamplePass:
     """A pass of :func:`_samples_task`: the ``job`` run per sample, the ``planes`` it writes
     into the work area (values) and the ``reach`` of zeros after them that its taps may read,
-    its taps ``ints``, ``place`` rows and ``dims``."""
-    __slots__ = ("job", "planes", "reach", "ints", "place", "dims")
+    its taps ``ints``, ``place`` rows and ``dims``; ``lays_out``: None, or the padding job's
+    (dims, phases) that lay out a sample of x as its planes first."""
+    __slots__ = ("job", "planes", "reach", "ints", "place", "dims", "lays_out")
 
-    def __init__(self, job, planes, reach, ints, place, dims):
+    def __init__(self, job, planes, reach, ints, place, dims, lays_out=None):
         self.job, self.planes, self.reach, self.ints, self.place = job, planes, reach, ints, \
             place
-        self.dims = _job_dims(dims)
+        self.dims, self.lays_out = _job_dims(dims), lays_out
 
 
 class _SampleWeights:
-    """The weight gradient of :func:`_samples_task`: x's ``geometry`` (C, H, W, top, left,
-    pitch, plane length, copy apart), its ``copies`` (0: one plain copy) ``copy_step`` apart
-    in columns, the ``values`` they take in the work area, the loop's taps ``table``, ``dims``
-    and ``tasks`` (:func:`_weight_grad_dims`), gw's ``size``, and where ȳ is read: ``shift``
-    into the pass's planes, or, without a pass, ``g_sample`` values per sample where it
-    lies."""
-    __slots__ = ("geometry", "copies", "copy_step", "values", "table", "dims", "tasks", "size",
-                 "shift", "g_sample")
+    """The weight gradient of :func:`_samples_task`: the padding job's ``x_dims`` for one
+    sample of x and its ``x_phases``, the ``x_values`` its planes take in the work area (with
+    the zeros their taps read past them: ``x_reach``); the loop's taps ``table``, ``dims`` and
+    ``tasks`` (:func:`_weight_grad_dims`), gw's ``size``; and where ȳ is read: ``shift`` into
+    the pass's planes, or, without a pass, ``g_sample`` values per sample, laid out by the
+    padding job's ``g_dims`` (in ``g_values`` of the area) or where it lies (no ``g_dims``)."""
+    __slots__ = ("x_dims", "x_phases", "x_values", "x_reach", "table", "dims", "tasks", "size",
+                 "shift", "g_sample", "g_dims", "g_values")
 
-    def __init__(self, geometry, values, table, dims, tasks, size, shift=0, g_sample=0,
-                 copies=0, copy_step=0):
-        self.geometry, self.values, self.table, self.dims = geometry, values, table, dims
-        self.tasks, self.size, self.shift, self.g_sample = tasks, size, shift, g_sample
-        self.copies, self.copy_step = copies, copy_step
+    def __init__(self, x_dims, x_phases, x_values, x_reach, table, dims, tasks, size, shift=0,
+                 g_sample=0, g_dims=None, g_values=0):
+        self.x_dims, self.x_phases, self.x_values, self.x_reach = x_dims, x_phases, x_values, \
+            x_reach
+        self.table, self.dims, self.tasks, self.size = table, dims, tasks, size
+        self.shift, self.g_sample, self.g_dims, self.g_values = shift, g_sample, g_dims, \
+            g_values
+
+
+_PAD_DIMS = 15      # the padding job's integers (see _pad_planes)
 
 
 def _by_samples(n, w, third, source, out, pass_=None, weights=None):
@@ -1295,23 +1331,35 @@ def _by_samples(n, w, third, source, out, pass_=None, weights=None):
     groups = max(1, min(n, GROUPS_PER_THREAD * threads))
     planes = pass_.planes if pass_ is not None else 0
     x_at = _rounded(planes + pass_.reach) if pass_ is not None else 0
-    area = x_at + (_rounded(weights.values) if weights is not None else 0)
+    x_end = x_at + (weights.x_values if weights is not None else 0)
+    g_at = _rounded(x_end + weights.x_reach) if weights is not None else x_at
+    area = g_at + (_rounded(weights.g_values) if weights is not None else 0)
     gw_size = _rounded(weights.size) if weights is not None else 0
     work = scratch(groups * (area + gw_size), np.float32, "direct input")
     work[groups * area:] = 0                   # the groups' parts of gw
-    place = [*(pass_.place if pass_ is not None else ()),
-             *(pass_.dims if pass_ is not None else (0,) * _DIMS)]
     pass_ints = pass_.ints if pass_ is not None else _EMPTY_INTS
-    ints = pass_ints
-    job_dims = [n, area, planes, x_at, gw_size, 0, pass_.job if pass_ is not None else 0, 0, 0,
-                len(pass_.place) // _PLACE if pass_ is not None else 0, pass_ints.size, 0, 0, 0]
-    if weights is not None:
-        place += [*weights.dims, *weights.geometry]
-        ints = np.concatenate([pass_ints, weights.table])
-        job_dims[5], job_dims[7], job_dims[8] = weights.shift, _JOBS[_WEIGHT_GRAD].address, \
-            weights.tasks
-        job_dims[11:] = weights.g_sample, weights.copies, weights.copy_step
-    _parallel(_SAMPLES, work, flat(w), third, flat(source), out, ints, job_dims, groups,
+    lays_out = pass_ is not None and pass_.lays_out is not None
+    # x's layout: the weight gradient's, or the pass's own when it lays x out
+    x_dims, x_phases = (weights.x_dims, weights.x_phases) if weights is not None else \
+        pass_.lays_out if lays_out else ((0,) * _PAD_DIMS, _EMPTY_INTS)
+    g_dims = weights.g_dims if weights is not None and weights.g_dims is not None else None
+    # (every part of place present, zeros where unused: the job reads each at a fixed place)
+    place = [*(pass_.place if pass_ is not None else ()),
+             *(pass_.dims if pass_ is not None else (0,) * _DIMS),
+             *(weights.dims if weights is not None else (0,) * _WEIGHT_DIMS), *x_dims,
+             *(g_dims if g_dims is not None else (0,) * _PAD_DIMS)]
+    ints = np.concatenate([pass_ints, weights.table if weights is not None else _EMPTY_INTS,
+                           x_phases, _ONE_PHASE])
+    job = [n, area, planes, x_at, x_end, g_at if g_dims is not None else 0, gw_size,
+           weights.shift if weights is not None else 0,
+           weights.g_sample if weights is not None else 0,
+           pass_.job if pass_ is not None else 0,
+           _JOBS[_WEIGHT_GRAD].address if weights is not None else 0,
+           weights.tasks if weights is not None else 0,
+           _JOBS[_PAD].address if weights is not None or lays_out else 0,
+           len(pass_.place) // _PLACE if pass_ is not None else 0, pass_ints.size,
+           x_phases.size, int(lays_out)]
+    _parallel(_SAMPLES, work, flat(w), third, flat(source), out, ints, job, groups,
               np.array(place, np.int64))
     if weights is None:
         return None
@@ -1320,13 +1368,17 @@ def _by_samples(n, w, third, source, out, pass_=None, weights=None):
 
 
 def _pass_by_samples(grid, raw, w, bias, out, taps, place, flipped, weight=None):
-    """The forward loop's pass of ``grid`` (stride 1, a plane per sample) over the samples of
-    ``raw`` into ``out``, sample by sample (:func:`_by_samples`). With ``weight`` = (x, x's
+    """The forward loop's pass of ``grid`` (a plane per sample) over the samples of ``raw``
+    into ``out``, sample by sample (:func:`_by_samples`). With ``weight`` = (x, x's
     grid, where ȳ's outputs start in the pass's planes), the pass is an input gradient, and
     each sample's part of the weight gradient follows it; returns gw (K, C, taps), else
     None."""
+    dims = list(grid.forward_dims(flipped))
+    # a strided pass: its phase planes laid out by the padding job (padded_here 2)
+    lays_out = None if grid.padded_here() else (grid.input_dims(1), grid.phases)
+    dims[11] = 1 if lays_out is None else 2
     pass_ = _SamplePass(_JOBS[_FORWARD].address, grid.c * grid.length, grid.reach, taps,
-                        place, grid.forward_dims(flipped))
+                        place, dims, lays_out)
     if weight is None:
         _by_samples(grid.n, w, _EMPTY if bias is None else flat(bias), raw, out.reshape(-1),
                     pass_)
@@ -1337,10 +1389,9 @@ def _pass_by_samples(grid, raw, w, bias, out, taps, place, flipped, weight=None)
     run = -(-x_grid.oh * x_grid.pitch // LANES) * LANES
     dims, tasks = _weight_grad_dims(c, k, 1, run, run, count, x_grid.length, grid.length, 0,
                                     (1, 1))
-    weights = _SampleWeights((c, x_grid.h, x_grid.w, x_grid.ph, x_grid.pw, x_grid.pitch,
-                              x_grid.length, c * x_grid.length),
-                             c * x_grid.length + x_grid.reach, x_grid.taps_anywhere, dims,
-                             tasks, k * c * count, shift=shift)
+    weights = _SampleWeights(x_grid.input_dims(1), x_grid.phases, c * x_grid.length,
+                             x_grid.reach, x_grid.taps_anywhere, dims, tasks, k * c * count,
+                             shift=shift)
     return _by_samples(grid.n, w, flat(x), raw, out.reshape(-1), pass_, weights)
 
 
@@ -1669,9 +1720,10 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_
             count = one.taps.size // 5
             dims, tasks = _weight_grad_dims(c, k, 1, length, length, count, one.length, length,
                                             0, stride)
-            weights = _SampleWeights((c, h, wd, *padding, wd, one.length, one.apart), one.size,
-                                     one.taps, dims, tasks, gw.size, g_sample=k * length,
-                                     copies=one.copies, copy_step=dilation[1])
+            x_dims = (1, c, h, wd, *padding, 1, 1, h + 2 * padding[0], wd, 1, one.length, 0,
+                      one.copies, dilation[1])       # (as _masked_copies writes them)
+            weights = _SampleWeights(x_dims, _ONE_PHASE, one.size, 0, one.taps, dims, tasks,
+                                     gw.size, g_sample=k * length)
             gw[...] = _by_samples(n, _EMPTY, flat(x), gy, _EMPTY, weights=weights).reshape(
                 w_shape)
             return gw
@@ -1682,7 +1734,20 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_
         return gw
     grid = _grid(x.shape, w_shape, stride, padding, dilation,
                  _interleaves("weight_grad", x.shape[0], *x.shape[2:], stride))
-    if gy.size and x.size:
+    if gy.size and x.size and gy_planes is None and grid.by_samples() and not (
+            isinstance(kept, PaddedInput) and kept.grid is grid):
+        # each sample's x and ȳ laid out in its group's work area, then its part of gw
+        count = grid.taps_anywhere.size // 5
+        dims, tasks = _weight_grad_dims(grid.c, grid.k, 1, grid.g_length, grid.g_length, count,
+                                        grid.length, grid.g_length, 0, stride)
+        weights = _SampleWeights(grid.input_dims(1), grid.phases, grid.c * grid.length,
+                                 grid.reach, grid.taps_anywhere, dims, tasks, gw.size,
+                                 g_sample=grid.k * grid.oh * grid.ow,
+                                 g_dims=grid.output_gradient_dims(1),
+                                 g_values=grid.k * grid.g_length)
+        gw[...] = _by_samples(grid.n, _EMPTY, flat(x), gy, _EMPTY, weights=weights).reshape(
+            w_shape)
+    elif gy.size and x.size:
         kept_planes = kept.planes if isinstance(kept, PaddedInput) and kept.grid is grid \
             else None
         gy_grid = grid.output_gradient(gy) if gy_planes is None else gy_planes.planes

@@ -2,6 +2,7 @@
 Numba convolution kernels hand it exactly the convolutions it is meant to take."""
 from __future__ import annotations
 
+import contextlib
 from unittest import mock
 
 import numpy as np
@@ -91,9 +92,9 @@ def _check_direct_loops(data, direct, x_shape, w_shape, stride, padding, dilatio
     one_grid = interleaved == direct._interleaves("weight_grad", x_shape[0], *x_shape[2:],
                                                   stride)
     masked = direct._masked_copies_apply(x_shape, w_shape, stride, padding, dilation)
-    # (a pass sample by sample keeps nothing: its backward goes sample by sample too)
+    # (plain planes of 8 samples or more keep nothing: their passes go sample by sample)
     by_samples = direct._grid(x_shape, w_shape, stride, padding, dilation,
-                              interleaved).padded_here()
+                              interleaved).by_samples()
     assert (kept is not None) == (one_grid and not masked and not by_samples)
     # (read sample by sample when not interleaved: other partial sums, so compared with the
     # reference)
@@ -564,6 +565,42 @@ def test_both_gradients_share_the_padded_output_gradient(x_shape, w_shape, paddi
     assert laid_out == [gy.shape]
 
 
+@contextlib.contextmanager
+def _threads(count):
+    """Numba's and BLAS's threads set to ``count`` together (BLAS's jobs on Numba's pool must
+    all run at once), then back."""
+    from refnas import backend
+    previous = backend.num_threads()
+    backend.set_num_threads(count)
+    try:
+        yield
+    finally:
+        backend.set_num_threads(previous)
+
+
+def _forward_by_samples(direct, x_shape, w_shape, geometry, monkeypatch):
+    """The forward of a convolution on plain planes of 8 samples or more, with NaN left in the
+    work areas by an earlier call: it keeps nothing and equals the reference. Returns x, w, a
+    drawn gy, and the list into which every later layout of a whole batch's planes (x's or
+    ȳ's) is recorded."""
+    rng = np.random.default_rng(sum(x_shape) + sum(w_shape))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    laid_out = []
+    for name in ("padded_input", "output_gradient"):
+        real = getattr(direct._Grid, name)
+        monkeypatch.setattr(direct._Grid, name, lambda self, a, *args, real=real, **kw:
+                            laid_out.append(a.shape) or real(self, a, *args, **kw))
+    direct.scratch(1 << 22, np.float32, "direct input")[:] = np.nan
+    forward, forward_reference = numba_and_reference("conv2d_forward")
+    y, kept = forward(x, w, *geometry, bias=bias, keep_columns=True)
+    assert kept is None
+    assert_close(y, forward_reference(x, w, *geometry, bias=bias),
+                 bound=forward_reference(np.abs(x), np.abs(w), *geometry, bias=np.abs(bias)))
+    return x, w, rng.standard_normal(y.shape).astype(np.float32), laid_out
+
+
 @pytest.mark.parametrize("x_shape, w_shape, padding, dilation", [
     ((32, 16, 32, 32), (16, 16, 3, 3), 1, 1),      # ResNet-18's first layers
     ((9, 5, 17, 19), (7, 5, 3, 3), 1, 1),          # groups of one and two samples; partial blocks
@@ -582,29 +619,10 @@ def test_plain_planes_of_eight_samples_or_more_go_sample_by_sample(x_shape, w_sh
     the same to the bit from call to call (the groups' parts added in their order), and no
     NaN left in the work areas reaches it."""
     direct = _direct()
-    from refnas import backend
-    previous = backend.num_threads()
-    # (Numba's and BLAS's threads together: BLAS's jobs on Numba's pool must all run at once)
-    backend.set_num_threads(threads)
-    try:
-        rng = np.random.default_rng(sum(x_shape))
-        geometry = ((1, 1), (padding, padding), (dilation, dilation), 1)
-        x = rng.standard_normal(x_shape).astype(np.float32)
-        w = rng.standard_normal(w_shape).astype(np.float32)
-        bias = rng.standard_normal(w_shape[0]).astype(np.float32)
-        laid_out = []
-        for name in ("padded_input", "output_gradient"):
-            real = getattr(direct._Grid, name)
-            monkeypatch.setattr(direct._Grid, name, lambda self, a, *args, real=real, **kw:
-                                laid_out.append(a.shape) or real(self, a, *args, **kw))
-        # (NaN left in the work areas by an earlier call must not reach the results)
-        direct.scratch(1 << 22, np.float32, "direct input")[:] = np.nan
-        forward, forward_reference = numba_and_reference("conv2d_forward")
-        y, kept = forward(x, w, *geometry, bias=bias, keep_columns=True)
-        assert kept is None
-        assert_close(y, forward_reference(x, w, *geometry, bias=bias),
-                     bound=forward_reference(np.abs(x), np.abs(w), *geometry, bias=np.abs(bias)))
-        gy = rng.standard_normal(y.shape).astype(np.float32)
+    geometry = ((1, 1), (padding, padding), (dilation, dilation), 1)
+    with _threads(threads):
+        x, w, gy, laid_out = _forward_by_samples(direct, x_shape, w_shape, geometry,
+                                                 monkeypatch)
         _, input_grad = numba_and_reference("conv2d_input_grad")
         _, weight_grad = numba_and_reference("conv2d_weight_grad")
         want = (input_grad(gy, w, x_shape, *geometry), weight_grad(x, gy, w_shape, *geometry))
@@ -613,12 +631,32 @@ def test_plain_planes_of_eight_samples_or_more_go_sample_by_sample(x_shape, w_sh
         assert_close(direct.input_grad(gy, w, (padding, padding), (dilation, dilation)),
                      want[0], bound=bound[0])
         backward, _ = numba_and_reference("conv2d_backward")
-        both = backward(gy, x, w, *geometry, columns=kept)
+        both = backward(gy, x, w, *geometry)
         assert_close(both, want, bound=bound)
         np.testing.assert_array_equal(backward(gy, x, w, *geometry)[1], both[1])
         assert laid_out == []
-    finally:
-        backend.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding", [
+    ((32, 16, 32, 32), (32, 16, 3, 3), 1),         # ResNet-18's first strided layer
+    ((9, 5, 20, 22), (7, 5, 3, 3), 1),             # groups of one and two samples
+    ((8, 3, 25, 18), (5, 3, 5, 5), 2)])            # 5x5, odd rows
+@pytest.mark.parametrize("threads", [1, 2])
+def test_strided_convolutions_of_eight_samples_or_more_go_sample_by_sample(
+        x_shape, w_shape, padding, threads, monkeypatch):
+    """A strided convolution on plain planes of 8 samples or more: the forward lays out each
+    sample's phase planes in its group's work area and keeps nothing, and the weight gradient
+    lays out each sample's phase planes of x and planes of ȳ there too (no pass lays out the
+    batch); both equal the reference."""
+    direct = _direct()
+    geometry = ((2, 2), (padding, padding), (1, 1), 1)
+    with _threads(threads):
+        x, w, gy, laid_out = _forward_by_samples(direct, x_shape, w_shape, geometry,
+                                                 monkeypatch)
+        fast, reference = numba_and_reference("conv2d_weight_grad")
+        assert_close(fast(x, gy, w_shape, *geometry), reference(x, gy, w_shape, *geometry),
+                     bound=reference(np.abs(x), np.abs(gy), w_shape, *geometry))
+        assert laid_out == []
 
 
 @pytest.mark.parametrize("n, c, k, hw", [
