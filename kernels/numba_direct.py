@@ -682,8 +682,8 @@ def _masked_forward_sample(copies, wf, bias, raw, yf, offsets, dims, n):
 @njit(inline="always")
 def _weight_grad_tasks(xf, gf, gwf, taps_table, dims, first, last):
     """Tasks [first, last) of (block of GRAD_OUT_BLOCK output channels, block of GRAD_IN_BLOCK
-    input channels): gw[k, c, tap] = sum over samples and positions of gy * x at the tap's
-    offset.
+    input channels): gw[k, c, tap] += the sum over samples and positions of gy * x at the
+    tap's offset (gw zeroed by the caller, or holding the samples' parts so far).
 
     Here x and gy are laid out channel-major: all samples of a channel are one flat range
     (``x_stride`` and ``g_stride`` apart), (N, C) planes one after another, or one plane of N
@@ -773,7 +773,6 @@ def _weight_grad_tasks(xf, gf, gwf, taps_table, dims, first, last):
                     total = totals[base]
                     for lane in range(1, LANES):
                         total += totals[base + lane]
-                    # (added: the per-sample backward sums its samples' parts this way)
                     gwf[u64(((k0 + kk) * c_in + c0 + cc) * taps + tap)] += total
 
 
@@ -896,9 +895,10 @@ def _samples_task(task, address, tasks):
     if pass_job:
         pass_block = _argument_block(work[:planes_end], b, _EMPTY if weight_job else c, d, e,
                                      ints[:pass_ints], place[:rows], place[rows:at])
-        # ``lays_out``: the pass's planes are x's, laid out here by the padding job
-        lay_out = _argument_block(d, _EMPTY, _EMPTY, _EMPTY, work[:planes_end],
-                                  ints[table_end:table_end + x_phases], _EMPTY_INTS, x_dims)
+        if lays_out:        # the pass's planes are x's, laid out here by the padding job
+            lay_out = _argument_block(d, _EMPTY, _EMPTY, _EMPTY, work[:planes_end],
+                                      ints[table_end:table_end + x_phases], _EMPTY_INTS,
+                                      x_dims)
     if weight_job:
         x_planes = work[x_at:g_at if g_at else area]
         x_planes[x_end - x_at:] = 0
@@ -1077,7 +1077,7 @@ class _Grid:
     def padded_here(self):
         """Whether the forward loop's passes go sample by sample, each padding its sample into
         a work area (:func:`_pass_by_samples`): stride 1 and :meth:`by_samples`. (Strided
-        forwards lay out their phase planes in a pass of their own.)"""
+        ones have the padding job lay out each sample's phase planes there first.)"""
         return self.stride == (1, 1) and self.by_samples()
 
     def placement(self):
@@ -1628,7 +1628,7 @@ class _MaskedLayout:
 
     def __init__(self, x_shape, w_shape, padding, dilation):
         (n, c, h, w), (_, _, kh, kw), (ph, pw), (dh, dw) = x_shape, w_shape, padding, dilation
-        self.padding, self.dilation = (ph, pw), (dh, dw)
+        self.x_shape, self.padding, self.dilation = (n, c, h, w), (ph, pw), (dh, dw)
         self.length = -(-((h + 2 * ph) * w + 2 * pw) // LANES) * LANES
         self.apart = n * c * self.length
         self.copies = kw
@@ -1637,6 +1637,19 @@ class _MaskedLayout:
         self.offsets = np.array([q * self.apart + p * dh * w + q * dw
                                  for p in range(kh) for q in range(kw)], np.int64)
         self.taps = _tap_table(self.offsets)
+
+    def pad_dims(self):
+        """The padding job's integers (:func:`_pad_planes`) that write the copies."""
+        (n, c, h, w), (ph, pw) = self.x_shape, self.padding
+        return (n, c, h, w, ph, pw, 1, 1, h + 2 * ph, w, 1, self.length, 0, self.copies,
+                self.dilation[1])
+
+    def forward_dims(self, k, own):
+        """The integers of :func:`_masked_forward_sample` for ``k`` output channels, the
+        copies in ``own`` work areas or not."""
+        (_, c, h, w), (ph, pw) = self.x_shape, self.padding
+        return (c, k, self.oh * w, self.offsets.size, self.length, self.apart, h, w, ph, pw,
+                self.copies, self.dilation[1], int(own))
 
 
 @functools.lru_cache(maxsize=256)
@@ -1661,11 +1674,9 @@ def _masked_copies(x, layout):
     off the row's end lands on a zero of the neighbouring row instead of padding. (Laying ȳ
     out on x's padded grid instead had cost CNN-S's first layer 0.16 of its weight
     gradient's 0.30 ms: ȳ has 16 channels, x one.)"""
-    (n, c, h, w), (ph, pw), dw = x.shape, layout.padding, layout.dilation[1]
     copies = scratch(layout.size, np.float32, "direct input")
-    dims = (n, c, h, w, ph, pw, 1, 1, h + 2 * ph, w, 1, layout.length, 0, layout.copies, dw)
-    _parallel(_PAD, flat(x), _EMPTY, _EMPTY, _EMPTY, copies, _ONE_PHASE, dims, n * c,
-              serial=not pool_shared())
+    _parallel(_PAD, flat(x), _EMPTY, _EMPTY, _EMPTY, copies, _ONE_PHASE, layout.pad_dims(),
+              x.shape[0] * x.shape[1], serial=not pool_shared())
     return copies
 
 
@@ -1674,27 +1685,23 @@ def _masked_forward(x, w, bias, padding, dilation, keep):
     a task per sample writing its copies and then its y (:func:`_masked_forward_sample`). With
     ``keep``: (y, the copies as :class:`MaskedCopies`, in an array of their
     own)."""
-    (n, c, h, wd), (k, _, kh, kw), (ph, pw) = x.shape, w.shape, padding
+    (n, c, h, wd), k = x.shape, w.shape[0]
     bias = _EMPTY if bias is None else flat(bias)
     if n >= PADDED_HERE_MIN_SAMPLES:
         # sample by sample, each sample's copies in its group's work area (a layout of one
         # sample); nothing kept: the weight gradient goes sample by sample too
         one = _masked_layout((1, c, h, wd), w.shape, padding, dilation)
         y = np.empty((n, k, one.oh, wd), np.float32)
-        dims = (c, k, one.oh * wd, kh * kw, one.length, one.apart, h, wd, ph, pw, kw,
-                dilation[1], 1)
         _by_samples(n, w, bias, x, y.reshape(-1),
                     _SamplePass(_JOBS[_MASKED_FORWARD].address, one.size, 0, one.offsets, (),
-                                dims))
+                                one.forward_dims(k, own=True)))
         return (y, None) if keep else y
     layout = _masked_layout(x.shape, w.shape, padding, dilation)
     copies = np.empty(layout.size, np.float32) if keep else \
         scratch(layout.size, np.float32, "direct input")
     y = np.empty((n, k, layout.oh, wd), np.float32)
-    dims = (c, k, layout.oh * wd, kh * kw, layout.length, layout.apart, h, wd, ph, pw, kw,
-            dilation[1])
     _parallel(_MASKED_FORWARD, copies, flat(w), bias, flat(x), y.reshape(-1), layout.offsets,
-              dims, n)
+              layout.forward_dims(k, own=False), n)
     return (y, MaskedCopies(layout, copies)) if keep else y
 
 
@@ -1720,10 +1727,8 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_
             count = one.taps.size // 5
             dims, tasks = _weight_grad_dims(c, k, 1, length, length, count, one.length, length,
                                             0, stride)
-            x_dims = (1, c, h, wd, *padding, 1, 1, h + 2 * padding[0], wd, 1, one.length, 0,
-                      one.copies, dilation[1])       # (as _masked_copies writes them)
-            weights = _SampleWeights(x_dims, _ONE_PHASE, one.size, 0, one.taps, dims, tasks,
-                                     gw.size, g_sample=k * length)
+            weights = _SampleWeights(one.pad_dims(), _ONE_PHASE, one.size, 0, one.taps, dims,
+                                     tasks, gw.size, g_sample=k * length)
             gw[...] = _by_samples(n, _EMPTY, flat(x), gy, _EMPTY, weights=weights).reshape(
                 w_shape)
             return gw
@@ -1734,9 +1739,9 @@ def weight_grad(x, gy, w_shape, padding, dilation, stride=(1, 1), kept=None, gy_
         return gw
     grid = _grid(x.shape, w_shape, stride, padding, dilation,
                  _interleaves("weight_grad", x.shape[0], *x.shape[2:], stride))
-    if gy.size and x.size and gy_planes is None and grid.by_samples() and not (
-            isinstance(kept, PaddedInput) and kept.grid is grid):
-        # each sample's x and ȳ laid out in its group's work area, then its part of gw
+    if gy.size and x.size and gy_planes is None and grid.by_samples():
+        # each sample's x and ȳ laid out in its group's work area, then its part of gw (its
+        # forward kept nothing)
         count = grid.taps_anywhere.size // 5
         dims, tasks = _weight_grad_dims(grid.c, grid.k, 1, grid.g_length, grid.g_length, count,
                                         grid.length, grid.g_length, 0, stride)
