@@ -5,7 +5,9 @@ Measures, in one run on this machine:
 1. **workloads** — ms per SGD-momentum training step (forward, cross-entropy, backward,
    update) of MLP-S, MLP-M, CNN-S and ResNet-18 (width 16) on each refnas backend and on
    PyTorch CPU (``torch.set_num_threads(2)``, when installed), each in a process of its own,
-   the contenders taking turns over several rounds (median of the rounds);
+   the processes taking turns in blocks of steps, over several rounds of fresh processes
+   (median of the rounds), and the paired ratio of each block of numba's steps to the block
+   of PyTorch's next to it;
    with the share of each refnas step spent inside kernels (the rest is the autograd core
    and NumPy ops);
 2. **kernels** — GFLOP/s of conv2d forward / input-gradient / weight-gradient on every
@@ -22,8 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -53,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS),
                         default=list(WORKLOADS), help="workloads to run (default: all)")
     parser.add_argument("--rounds", type=_positive_int, default=None,
-                        help="processes per contender and workload, taking turns; the median "
-                             "is reported (default 3, --quick 1)")
+                        help="rounds per workload, each with a fresh process per contender, "
+                             "the processes taking turns in blocks of steps; the median of the "
+                             "rounds is reported (default 3, --quick 1)")
     parser.add_argument("--no-kernels", action="store_true", help="skip the microbenchmarks")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile timing")
     parser.add_argument("--torch-threads", type=int, default=2,
@@ -65,18 +70,117 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "core each, which stays fair on a machine busy with other work")
 
 
+# a block of steps lasts about this long (at least two steps: the first of each is not timed)
+BLOCK_S = 0.25
+# blocks per contender and round, at least (then more until each contender has its repeats,
+# within the round's time)
+MIN_BLOCKS = 4
+
+
+class _Contender:
+    """One contender's process (:func:`benchmarks.workloads.serve`), alive for a round."""
+
+    def __init__(self, name: str, contender: str, threads: int | None,
+                 torch_threads: int) -> None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.label = f"{name}/{contender}"
+        self._errors = tempfile.TemporaryFile("w+")     # read only if it fails
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.workloads", name, contender,
+             "none" if threads is None else str(threads), str(torch_threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors, text=True,
+            cwd=root)
+
+    def _reply(self) -> Any:
+        line = self._process.stdout.readline()
+        if not line:
+            self._process.wait()
+            self._errors.seek(0)
+            raise RuntimeError(f"benchmark child {self.label} failed:\n{self._errors.read()}")
+        return json.loads(line)
+
+    def _ask(self, command: str) -> Any:
+        self._process.stdin.write(command + "\n")
+        self._process.stdin.flush()
+        return self._reply()
+
+    def ready(self) -> bool:
+        """Whether the contender runs (False: torch is not installed), once it has warmed up."""
+        return self._reply()["ready"]
+
+    def steps(self, seconds: float) -> list[float]:
+        """The seconds of each step it ran in ``seconds`` seconds (at least two)."""
+        return self._ask(f"{seconds}")
+
+    def profile(self, seconds: float) -> dict[str, Any]:
+        return self._ask(f"profile {seconds}")
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            try:
+                self._process.stdin.write("quit\n")
+                self._process.stdin.flush()
+            except BrokenPipeError:
+                pass
+            self._process.wait(timeout=60)
+        self._errors.close()
+
+
+def _round(name: str, contenders: list[str], repeats: int, budget_s: float,
+           threads: int | None, torch_threads: int, profile: bool) -> dict[str, Any]:
+    """One round of workload ``name``: a process per contender, all alive, taking turns in
+    blocks of steps of about BLOCK_S seconds (the order reversed from one block to the next)
+    until each has run MIN_BLOCKS blocks and ``repeats`` timed steps, or ``budget_s`` has
+    passed (after MIN_BLOCKS). The first step of a block is not timed: its process has just
+    woken up, its threads asleep and its data evicted by the others' turns (a 0.3 ms MLP-S
+    step then took 1-16 ms).
+
+    Returns, per contender that ran: "blocks" (each block's median step, in seconds), and with
+    ``profile``, for refnas's backends, "profile" (:func:`benchmarks.workloads.serve`)."""
+    processes = {contender: _Contender(name, contender, threads, torch_threads)
+                 for contender in contenders}
+    try:
+        running = [contender for contender in contenders if processes[contender].ready()]
+        timed: dict[str, int] = {contender: 0 for contender in running}
+        blocks: dict[str, list[float]] = {contender: [] for contender in running}
+        start = time.perf_counter()
+        while running and (len(blocks[running[0]]) < MIN_BLOCKS or (
+                any(timed[c] < repeats for c in running)
+                and time.perf_counter() - start < budget_s)):
+            order = running if len(blocks[running[0]]) % 2 == 0 else running[::-1]
+            for contender in order:
+                times = processes[contender].steps(BLOCK_S)[1:]
+                timed[contender] += len(times)
+                blocks[contender].append(statistics.median(times))
+        result: dict[str, Any] = {contender: {"blocks": blocks[contender]}
+                                  for contender in running}
+        for contender in running if profile else ():
+            if contender != "torch":
+                result[contender]["profile"] = processes[contender].profile(BLOCK_S)
+        return result
+    finally:
+        for process in processes.values():
+            process.close()
+
+
 def _workloads(names: list[str], quick: bool, threads: int | None, torch_threads: int,
                rounds: int) -> dict[str, Any]:
-    """Each contender of each workload in a process of its own, ``rounds`` times, the contenders
-    taking turns (numpy, numba, torch, numpy, ...); the figure is the median over the rounds of
-    each process's median step time.
+    """Each workload's contenders over ``rounds`` rounds (:func:`_round`): in a round each
+    contender runs in a process of its own, and the processes take turns in blocks of steps
+    of about BLOCK_S seconds. A contender's figure is the median over the rounds of its
+    round's figure, the median of its blocks' medians.
 
     Separate processes: the thread pools of different frameworks in one process (PyTorch's
     OpenMP workers, BLAS's, Numba's) spin and wait on each other on two cores, which slowed
-    PyTorch's steps by 2-5x when interleaved with refnas's. Rounds: on this shared machine one
-    process could run 20-30% slower than the next for reasons outside it, which a single
-    process per contender turned into a spurious ratio."""
-    import statistics
+    PyTorch's steps by 2-5x when interleaved with refnas's. Rounds of fresh processes: on this
+    shared machine one process could run 20-30% slower than the next for reasons outside it.
+    Blocks taking turns: the machine's slow periods (memory bandwidth down several-fold, for
+    seconds to minutes) had fallen on one contender's process and not on the next one's while
+    each process ran all its steps alone (until the sixteenth session): one run's ResNet-18
+    rounds gave numba / torch ratios from 0.81 to 1.25. Blocks a quarter of a second long,
+    taking turns, mostly see the machine in the same state, so their paired ratios
+    ("block_ratios": numba / torch of each block) move far less with it (0.92-0.98 for the
+    middle 80% of one minute's pairs)."""
     results: dict[str, Any] = {}
     contenders = [b for b in ("numpy", "numba") if b in backend.available()] + ["torch"]
     for name in names:
@@ -84,36 +188,29 @@ def _workloads(names: list[str], quick: bool, threads: int | None, torch_threads
         # every contender's key is present, null when it could not run (no Numba, no torch)
         entry: dict[str, Any] = {"numpy_ms": None, "numba_ms": None, "torch_ms": None}
         rounds_ms: dict[str, list[float]] = {contender: [] for contender in contenders}
-        for _ in range(rounds):
-            for contender in contenders:
-                measured = _child_measure(name, contender, repeats,
-                                          (15.0 if quick else 90.0) / rounds, threads,
-                                          torch_threads)
-                if measured.get("ms") is not None:
-                    rounds_ms[contender].append(measured["ms"])
-                if measured.get("kernel_share") is not None:
+        block_ratios: list[float] = []
+        for round_ in range(rounds):
+            measured = _round(name, contenders, repeats, (15.0 if quick else 90.0) / rounds,
+                              threads, torch_threads, profile=round_ == rounds - 1)
+            for contender, figures in measured.items():
+                rounds_ms[contender].append(statistics.median(figures["blocks"]) * 1e3)
+                if "profile" in figures:
                     entry.setdefault("kernel_share", {})[contender] = {
-                        "fraction": measured["kernel_share"],
-                        "top_ms": measured["top_kernels_ms"]}
+                        "fraction": figures["profile"]["kernel_share"],
+                        "top_ms": figures["profile"]["top_kernels_ms"]}
+            if "numba" in measured and "torch" in measured:
+                block_ratios += [a / b for a, b in zip(measured["numba"]["blocks"],
+                                                       measured["torch"]["blocks"])]
         for contender, values in rounds_ms.items():
             if values:
                 entry[f"{contender}_ms"] = statistics.median(values)
                 entry.setdefault("ms_per_round", {})[contender] = values
+        if block_ratios:
+            entry["block_ratios"] = block_ratios
         results[name] = entry
         print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in entry.items()
                                           if k.endswith("_ms") and v is not None), flush=True)
     return results
-
-
-def _child_measure(name: str, contender: str, repeats: int, budget_s: float,
-                   threads: int | None, torch_threads: int) -> dict[str, Any]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    command = [sys.executable, "-m", "benchmarks.workloads", name, contender, str(repeats),
-               str(budget_s), "none" if threads is None else str(threads), str(torch_threads)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=1800)
-    if result.returncode != 0:
-        raise RuntimeError(f"benchmark child {name}/{contender} failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _autograd_overhead(quick: bool) -> dict[str, Any] | None:
@@ -132,21 +229,18 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a is not None and b else "—"
 
 
-def _round_ratios(per_round: dict[str, list[float]]) -> str:
-    """numba / torch of each round (the contenders of a round ran one after the other, so on
-    the machine in one state), as "median (lowest–highest)": paired, the median is not moved
-    by the machine slowing down between rounds, which can move the ratio of the medians (one
-    run: MLP-M's medians gave 1.16, its rounds 0.89-1.17 with median 0.93); the range is how
-    far a single run could land."""
-    numba, torch = per_round.get("numba", []), per_round.get("torch", [])
-    ratios = sorted(a / b for a, b in zip(numba, torch) if b)
+def _paired_ratios(ratios: list[float]) -> str:
+    """numba / torch of each block pair (the two ran one right after the other, so on the
+    machine in one state; :func:`_round`) as "median (10th–90th percentile)": not moved by the
+    machine slowing down between blocks, which can move the ratio of the medians; the
+    percentiles show how far the pairs spread."""
     if not ratios:
         return "—"
-    if len(ratios) == 1:
-        return f"{ratios[0]:.2f}"
-    middle = len(ratios) // 2
-    median = ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
-    return f"{median:.2f} ({ratios[0]:.2f}–{ratios[-1]:.2f})"
+    median = statistics.median(ratios)
+    if len(ratios) < 2:
+        return f"{median:.2f}"
+    deciles = statistics.quantiles(ratios, n=10, method="inclusive")
+    return f"{median:.2f} ({deciles[0]:.2f}–{deciles[-1]:.2f})"
 
 
 def _ms(value: float | None) -> str:
@@ -173,14 +267,14 @@ def markdown(results: dict[str, Any], command: str) -> str:
              f"{results['matmul_gflops']:.0f} GFLOP/s at the start of the run, "
              f"{results['matmul_gflops_end']:.0f} at its end).", "",
              "| workload | refnas-numpy ms | refnas-numba ms | PyTorch CPU ms | numba / torch "
-             "| numba / torch per round: median (range) | numpy / torch "
+             "| numba / torch, blocks paired: median (10th–90th percentile) | numpy / torch "
              "| time in kernels (numba) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, w in results["workloads"].items():
         share = w.get("kernel_share", {}).get("numba", {}).get("fraction")
         lines.append(f"| {name} | {_ms(w['numpy_ms'])} | {_ms(w['numba_ms'])} | "
                      f"{_ms(w['torch_ms'])} | {_ratio(w['numba_ms'], w['torch_ms'])} | "
-                     f"{_round_ratios(w.get('ms_per_round', {}))} | "
+                     f"{_paired_ratios(w.get('block_ratios', []))} | "
                      f"{_ratio(w['numpy_ms'], w['torch_ms'])} | "
                      f"{_number(share, '.0%')} |")
     kernels = results.get("kernels")

@@ -16,8 +16,9 @@ resnet18   ResNet-18, CIFAR variant (3x3 stem, no max-pool), width 16     3x32x3
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import numpy as np
 
@@ -166,48 +167,72 @@ def torch_step(name: str, threads: int = 2) -> Callable[[], float] | None:
 
 
 # --------------------------------------------------------------------------------------------
-# One measurement per process
+# A contender's process: blocks of steps on command
 # --------------------------------------------------------------------------------------------
-def measure(name: str, contender: str, repeats: int, budget_s: float, threads: int | None,
-            torch_threads: int) -> dict[str, Any]:
-    """Median ms per step of ``contender`` ("numpy", "numba" or "torch") on workload ``name``,
-    plus, for refnas, the share of the step spent inside kernels (and the top kernels)."""
-    import statistics
-    import time
+def serve(name: str, contender: str, threads: int | None, torch_threads: int,
+          commands: IO[str], replies: IO[str]) -> None:
+    """Run ``contender`` ("numpy", "numba" or "torch") on workload ``name`` in blocks of steps,
+    as :func:`benchmarks.__main__._workloads` asks over ``commands`` (one per line), answering
+    each with one JSON line on ``replies``.
 
+    First, unasked, after two warm-up steps: ``{"ready": true}``, or ``{"ready": false}``
+    when the contender cannot run (torch not installed). Then:
+
+    - ``S`` (seconds): run steps for S seconds, at least two; reply with their seconds, one
+      after the other;
+    - ``profile S``: three steps (the process has just woken up), then steps for S seconds,
+      at least three, under :func:`refnas.backend.profile` (refnas only); reply with the share
+      of their time spent inside kernels and the four kernels that took longest (ms per step);
+    - ``quit`` (or the end of ``commands``): return.
+    """
     from refnas import backend
+
+    def reply(value: Any) -> None:
+        replies.write(json.dumps(value) + "\n")
+        replies.flush()
+
     if threads is not None and contender != "torch":
         backend.available()
         backend.set_num_threads(threads)
     step = torch_step(name, torch_threads) if contender == "torch" else refnas_step(name, contender)
     if step is None:
-        return {"ms": None}
+        reply({"ready": False})
+        return
     for _ in range(2):
         step()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    result: dict[str, Any] = {"ms": statistics.median(times) * 1e3, "repeats": len(times)}
-    if contender != "torch":
-        with backend.profile() as timing:
-            t = time.perf_counter()
+    reply({"ready": True})
+    for line in commands:
+        command = line.split()
+        if not command or command[0] == "quit":
+            return
+        if command[0] == "profile":
             for _ in range(3):
                 step()
-            total = time.perf_counter() - t
-        top = sorted(timing.seconds.items(), key=lambda kv: -kv[1])[:4]
-        result["kernel_share"] = sum(timing.seconds.values()) / total
-        result["top_kernels_ms"] = {k: v / 3 * 1e3 for k, v in top}
-    return result
+            with backend.profile() as timing:
+                times = _steps_for(step, float(command[1]), 3)
+            top = sorted(timing.seconds.items(), key=lambda kv: -kv[1])[:4]
+            reply({"kernel_share": sum(timing.seconds.values()) / sum(times),
+                   "top_kernels_ms": {k: v / len(times) * 1e3 for k, v in top}})
+        else:
+            reply(_steps_for(step, float(command[0]), 2))
 
 
-if __name__ == "__main__":   # python -m benchmarks.workloads NAME CONTENDER REPEATS BUDGET ...
-    import json
+def _steps_for(step: Callable[[], float], seconds: float, at_least: int) -> list[float]:
+    """The seconds of each of the steps run in ``seconds`` seconds (at least ``at_least``)."""
+    import time
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < at_least or time.perf_counter() - start < seconds:
+        begin = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - begin)
+    return times
+
+
+if __name__ == "__main__":   # python -m benchmarks.workloads NAME CONTENDER THREADS TORCH_THREADS
     import sys
     import warnings
     warnings.filterwarnings("ignore")
-    _name, _contender, _repeats, _budget, _threads, _torch_threads = sys.argv[1:7]
-    print(json.dumps(measure(_name, _contender, int(_repeats), float(_budget),
-                             None if _threads == "none" else int(_threads), int(_torch_threads))))
+    _name, _contender, _threads, _torch_threads = sys.argv[1:5]
+    serve(_name, _contender, None if _threads == "none" else int(_threads), int(_torch_threads),
+          sys.stdin, sys.stdout)

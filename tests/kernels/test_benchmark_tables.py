@@ -24,22 +24,21 @@ def test_table_ratios_are_the_measured_quotients():
     table = markdown(_results({"cnn-s": {
         "numpy_ms": 30.0, "numba_ms": 9.0, "torch_ms": 12.0,
         "ms_per_round": {"numba": [9.0, 8.0, 11.0], "torch": [12.0, 10.0, 10.0]},
+        "block_ratios": [0.8, 0.9, 1.0],
         "kernel_share": {"numba": {"fraction": 0.8, "top_ms": {}}}}}), "python -m benchmarks")
     row = next(line for line in table.splitlines() if line.startswith("| cnn-s"))
     cells = [cell.strip() for cell in row.split("|")[1:-1]]
-    # rounds: 9/12, 8/10, 11/10; the per-round cell is their median (8/10) and range
-    assert cells[4:] == [f"{9.0 / 12.0:.2f}",
-                         f"{8.0 / 10.0:.2f} ({9.0 / 12.0:.2f}–{11.0 / 10.0:.2f})",
-                         f"{30.0 / 12.0:.2f}", "80%"]
+    # the paired cell: the blocks' median and, by linear interpolation, their 10th and 90th
+    # percentiles (0.8 + 0.1 * 0.2, 0.8 + 0.9 * 0.2)
+    assert cells[4:] == [f"{9.0 / 12.0:.2f}", "0.90 (0.82–0.98)", f"{30.0 / 12.0:.2f}", "80%"]
 
 
-def test_even_number_of_rounds_takes_the_mean_of_the_middle_ratios():
-    table = markdown(_results({"mlp-m": {
-        "numpy_ms": 2.0, "numba_ms": 1.0, "torch_ms": 1.0,
-        "ms_per_round": {"numba": [1.0, 1.2, 0.9, 3.0], "torch": [1.0, 1.0, 1.0, 1.0]}}}),
-        "python -m benchmarks")
+def test_paired_ratios_take_the_median_and_the_outer_deciles_of_many_blocks():
+    ratios = [1.0] * 10 + [0.9] * 5 + [5.0]           # one block hit a slow patch
+    table = markdown(_results({"mlp-m": {"numpy_ms": 2.0, "numba_ms": 1.0, "torch_ms": 1.0,
+                                         "block_ratios": ratios}}), "python -m benchmarks")
     row = next(line for line in table.splitlines() if line.startswith("| mlp-m"))
-    assert row.split("|")[6].strip() == f"{(1.0 + 1.2) / 2:.2f} (0.90–3.00)"
+    assert row.split("|")[6].strip() == "1.00 (0.90–1.00)"
 
 
 def test_a_layer_reading_the_network_input_gets_a_row_with_and_without_its_input_gradient():
