@@ -19,7 +19,11 @@ import numpy as np
 from numba import njit
 
 from refnas.backend import register_kernel
-from refnas.kernels.numba_support import FLOAT_DTYPES, flat
+from refnas.kernels.numba_jobs import block_of, job, launch, put_vector, vector
+from refnas.kernels.numba_support import CHUNK, FLOAT_DTYPES, flat, pool_shared
+
+# float32 parameters of at least this many values update on the pool (see below)
+UPDATE_PARALLEL_MIN_SIZE = 1 << 17
 
 
 # The scalars arrive as Python floats and are converted to the parameters' dtype inside the
@@ -30,11 +34,18 @@ from refnas.kernels.numba_support import FLOAT_DTYPES, flat
 # division by zero gives inf/nan as in NumPy instead of a Python ZeroDivisionError, whose check
 # inside the loop would keep LLVM from vectorising Adam's division (it ran 8x slower).
 #
-# Both updates run on one thread at every size: they move 16-20 bytes per few flops, and on this
-# 2-core machine a parallel version was slower at every size measured (2^18 to 2^22 float32
-# elements, interleaved in one process: SGD 59 vs 200 us at 2^18, 1.9 vs 2.0 ms at 2^22; Adam
-# 125 vs 288 us, 2.8 vs 3.2 ms), as for the other memory-bound kernels (see
-# ``refnas.kernels.numba_support.PARALLEL_MIN_SIZE``).
+# Threads. Float32 parameters of UPDATE_PARALLEL_MIN_SIZE values or more update in chunks of
+# CHUNK values on Numba's pool while BLAS shares it (its threads are then awake; see
+# :mod:`refnas.kernels.numba_blas`), the others on one thread. Measured in the fourth session
+# under the workqueue layer, whose sleeping threads had to be woken, a parallel version was
+# slower at every size (SGD 59 vs 200 us at 2^18 float32 values). On the shared TBB pool, back
+# to back (sixteenth session): SGD 14.3 vs 14.9 us at 2^16, 27.6 vs 22.5 at 2^17, 47.8 vs 32.2
+# at 2^18; Adam 30.5 vs 23.3, 60.2 vs 39.3, 104 vs 61 (after a pass of NumPy's that let the
+# pool fall asleep, the wake-up costs 40-50 us, which only sizes of 2^20 and more earn back).
+# In a training step the pool is awake from the backward: MLP-M's step (a 784x256 weight)
+# 1.6-1.7% faster in calm periods, and 12% in the machine's slow ones (2.61-2.65 against
+# 2.29-2.35 ms), where the one-thread update had taken 0.53 instead of 0.08 ms a step
+# (presumably two cores keep more loads in flight than one, and memory is what is slow then).
 @njit(cache=True, error_model="numpy")
 def _sgd_span(param, grad, buf, lr, weight_decay, momentum, dampening_complement, nesterov,
               first_step, start, stop):
@@ -69,6 +80,51 @@ def _adam_span(param, grad, exp_avg, exp_avg_sq, decay, l2, beta1, beta1_complem
         param[i] = decay * param[i] - step_size * m / (np.sqrt(v * inv_bias2) + eps)
 
 
+# --------------------------------------------------------------------------------------------
+# Both updates on the pool: one job, a chunk of CHUNK values per task
+# --------------------------------------------------------------------------------------------
+_SGD, _ADAM = 0, 1
+_BLOCK = 11     # kind, (address, length) of param, grad, and two state vectors, and of scalars
+
+
+def _update_task(task, address, tasks):
+    """Chunk ``task`` of an SGD update (a = the momentum buffer; scalars = lr, weight decay,
+    momentum, 1 - dampening, Nesterov, first step) or an Adam one (a, b = the two moments;
+    scalars as :func:`_adam_span` takes them) of float32 vectors."""
+    block = block_of(address, _BLOCK)
+    param, grad = vector(block, 1, np.float32), vector(block, 3, np.float32)
+    a, b = vector(block, 5, np.float32), vector(block, 7, np.float32)
+    s = vector(block, 9, np.float64)
+    start = np.int64(task) * CHUNK
+    stop = min(start + CHUNK, param.size)
+    if block[0] == _SGD:
+        _sgd_span(param, grad, a, s[0], s[1], s[2], s[3], s[4] != 0, s[5] != 0, start, stop)
+    else:
+        _adam_span(param, grad, a, b, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8],
+                   start, stop)
+
+
+_update_job = job(_update_task)
+
+
+@njit(cache=True)
+def _launch_update(address, kind, param, grad, a, b, scalars):
+    block = np.empty(_BLOCK, np.int64)
+    block[0] = kind
+    put_vector(block, 1, param)
+    put_vector(block, 3, grad)
+    put_vector(block, 5, a)
+    put_vector(block, 7, b)
+    put_vector(block, 9, scalars)
+    launch(address, (param.size + CHUNK - 1) // CHUNK, block)
+
+
+def _on_the_pool(param) -> bool:
+    """Whether an update of ``param`` runs in chunks on the pool (see the note above)."""
+    return (param.dtype == np.float32 and param.size >= UPDATE_PARALLEL_MIN_SIZE
+            and pool_shared())
+
+
 def _fits(a, dtype, shape, written: bool) -> bool:
     """``a`` is a NumPy array of ``dtype`` and ``shape``; C-contiguous and writeable if
     ``written``. Plain comparisons: this runs for every parameter at every step."""
@@ -92,6 +148,11 @@ def sgd_update(param, grad, buf, lr, momentum, dampening, nesterov, weight_decay
         raise ValueError("sgd_update: momentum != 0 needs a momentum buffer, got buf=None")
     p = param.reshape(-1)
     b = p if buf is None else buf.reshape(-1)      # never read when momentum == 0
+    if _on_the_pool(p):
+        scalars = np.array([lr, weight_decay, momentum, 1.0 - dampening, bool(nesterov),
+                            bool(first_step)], np.float64)
+        _launch_update(_update_job.addresses, _SGD, p, flat(grad), b, b, scalars)
+        return
     _sgd_span(p, flat(grad), b, float(lr), float(weight_decay), float(momentum),
               1.0 - float(dampening), bool(nesterov), bool(first_step), 0, p.size)
 
@@ -110,10 +171,13 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, w
     """Adam / AdamW, in place on ``param``, ``exp_avg`` and ``exp_avg_sq`` (Numba)."""
     bias1, bias2 = 1.0 - beta1 ** int(step), 1.0 - beta2 ** int(step)
     decay, l2 = (1.0 - lr * weight_decay, 0.0) if decoupled else (1.0, weight_decay)
-    args = (param.reshape(-1), flat(grad), exp_avg.reshape(-1), exp_avg_sq.reshape(-1),
-            float(decay), float(l2), float(beta1), 1.0 - float(beta1), float(beta2),
-            1.0 - float(beta2), float(lr / bias1), float(1.0 / bias2), float(eps))
-    _adam_span(*args, 0, param.size)
+    vectors = (param.reshape(-1), flat(grad), exp_avg.reshape(-1), exp_avg_sq.reshape(-1))
+    scalars = (float(decay), float(l2), float(beta1), 1.0 - float(beta1), float(beta2),
+               1.0 - float(beta2), float(lr / bias1), float(1.0 / bias2), float(eps))
+    if _on_the_pool(vectors[0]):
+        _launch_update(_update_job.addresses, _ADAM, *vectors, np.array(scalars, np.float64))
+        return
+    _adam_span(*vectors, *scalars, 0, param.size)
 
 
 __all__ = ["sgd_update", "adam_update"]

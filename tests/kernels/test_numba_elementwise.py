@@ -184,3 +184,35 @@ def test_taylor_importance(data, dtype, mode):
         bound = bound * bound
     # float32 inputs are widened exactly, so only the float64 sums differ: tolerance of float64
     assert_close(fast(a, g, mode), want, bound=bound)
+
+
+@needs_numba
+@pytest.mark.parametrize("name, scalars", [
+    ("sgd_update", (0.1, 0.9, 0.0, False, 0.0, False)),
+    ("sgd_update", (0.1, 0.9, 0.1, True, 1e-2, False)),
+    ("sgd_update", (0.1, 0.9, 0.0, False, 0.0, True)),
+    ("sgd_update", (0.1, 0.0, 0.0, False, 1e-2, False)),
+    ("adam_update", (3, 1e-2, 0.9, 0.999, 1e-8, 1e-2, False)),
+    ("adam_update", (1, 1e-2, 0.9, 0.999, 1e-8, 1e-2, True))])
+def test_updates_of_large_parameters_on_the_pool_equal_the_serial_loop(name, scalars,
+                                                                        monkeypatch):
+    """A float32 parameter past UPDATE_PARALLEL_MIN_SIZE updates chunk by chunk on the pool
+    (the last chunk short): to the bit what the one-thread loop gives, and close to the
+    reference."""
+    from refnas.kernels import numba_optim
+    size = numba_optim.UPDATE_PARALLEL_MIN_SIZE + numba_optim.CHUNK // 3
+    rng = np.random.default_rng(7)
+    param, grad, first = (rng.standard_normal(size).astype(np.float32) for _ in range(3))
+    state = (first,) if name == "sgd_update" else (first * 0.1, np.abs(first) * 0.1)
+    if name == "sgd_update" and scalars[1] == 0.0:
+        state = (None,)                                    # no momentum, no buffer
+    arrays = (param, grad, *state)
+    if not numba_optim._on_the_pool(param):
+        pytest.skip("BLAS does not share Numba's pool here: updates run on one thread")
+    pooled, reference = _apply_in_place(name, arrays, scalars)
+    monkeypatch.setattr(numba_optim, "UPDATE_PARALLEL_MIN_SIZE", size + 1)
+    assert not numba_optim._on_the_pool(param)
+    serial, _ = _apply_in_place(name, arrays, scalars)
+    for a, b in zip(pooled, serial):
+        np.testing.assert_array_equal(a, b)
+    assert_close(pooled, reference, bound=tuple(np.abs(a) + 2 for a in reference))
