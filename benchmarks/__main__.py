@@ -77,27 +77,35 @@ BLOCK_S = 0.25
 MIN_BLOCKS = 4
 
 
-class _Contender:
-    """One contender's process (:func:`benchmarks.workloads.serve`), alive for a round."""
+def _serve_command(name: str, contender: str, threads: int | None,
+                   torch_threads: int) -> list[str]:
+    """The command line of a contender's process (:func:`benchmarks.workloads.serve`)."""
+    return [sys.executable, "-m", "benchmarks.workloads", name, contender,
+            "none" if threads is None else str(threads), str(torch_threads)]
 
-    def __init__(self, name: str, contender: str, threads: int | None,
-                 torch_threads: int) -> None:
+
+class _Contender:
+    """One contender's process, alive for a round, answering commands in JSON lines
+    (:func:`benchmarks.workloads.serve`)."""
+
+    def __init__(self, label: str, command: list[str]) -> None:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        self.label = f"{name}/{contender}"
+        self.label = label
         self._errors = tempfile.TemporaryFile("w+")     # read only if it fails
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.workloads", name, contender,
-             "none" if threads is None else str(threads), str(torch_threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors, text=True,
-            cwd=root)
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._errors, text=True, cwd=root)
 
     def _reply(self) -> Any:
-        line = self._process.stdout.readline()
-        if not line:
-            self._process.wait()
-            self._errors.seek(0)
-            raise RuntimeError(f"benchmark child {self.label} failed:\n{self._errors.read()}")
-        return json.loads(line)
+        """The child's next JSON line (lines that are not JSON, printed by a library, are
+        skipped); a child that ended raises with what it wrote to stderr."""
+        for line in self._process.stdout:
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+        self._process.wait()
+        self._errors.seek(0)
+        raise RuntimeError(f"benchmark child {self.label} failed:\n{self._errors.read()}")
 
     def _ask(self, command: str) -> Any:
         self._process.stdin.write(command + "\n")
@@ -115,15 +123,25 @@ class _Contender:
     def profile(self, seconds: float) -> dict[str, Any]:
         return self._ask(f"profile {seconds}")
 
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
     def close(self) -> None:
+        """Ask the child to quit (killed if it has not within a minute) and close its pipes."""
         if self._process.poll() is None:
             try:
                 self._process.stdin.write("quit\n")
                 self._process.stdin.flush()
             except BrokenPipeError:
                 pass
-            self._process.wait(timeout=60)
-        self._errors.close()
+            try:
+                self._process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        for pipe in (self._process.stdin, self._process.stdout, self._errors):
+            pipe.close()
 
 
 def _round(name: str, contenders: list[str], repeats: int, budget_s: float,
@@ -137,8 +155,8 @@ def _round(name: str, contenders: list[str], repeats: int, budget_s: float,
 
     Returns, per contender that ran: "blocks" (each block's median step, in seconds), and with
     ``profile``, for refnas's backends, "profile" (:func:`benchmarks.workloads.serve`)."""
-    processes = {contender: _Contender(name, contender, threads, torch_threads)
-                 for contender in contenders}
+    processes = {contender: _Contender(f"{name}/{contender}", _serve_command(
+        name, contender, threads, torch_threads)) for contender in contenders}
     try:
         running = [contender for contender in contenders if processes[contender].ready()]
         timed: dict[str, int] = {contender: 0 for contender in running}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
 import pytest
 
@@ -70,3 +71,21 @@ def test_a_failing_contender_raises_with_its_error():
     with pytest.raises(RuntimeError, match="mlp-s/nosuch failed"):
         bench._round("mlp-s", ["nosuch"], repeats=1, budget_s=0.0, threads=1, torch_threads=1,
                      profile=False)
+
+
+def test_a_child_skips_lines_that_are_not_its_replies(tmp_path):
+    """A library printing to the child's stdout does not break the protocol."""
+    script = tmp_path / "child.py"
+    script.write_text('import sys\n'
+                      'print("a banner from some library")\n'
+                      'print(\'{"ready": true}\')\n'
+                      'for line in sys.stdin:\n'
+                      '    if line.strip() == "quit": break\n'
+                      '    print("noise"); print("[0.5, 0.25]", flush=True)\n')
+    contender = bench._Contender("fake/child", [sys.executable, str(script)])
+    try:
+        assert contender.ready() is True
+        assert contender.steps(0.1) == [0.5, 0.25]
+    finally:
+        contender.close()
+    assert contender.returncode == 0
