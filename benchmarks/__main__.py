@@ -195,7 +195,7 @@ def _workloads(names: list[str], quick: bool, threads: int | None, torch_threads
     Blocks taking turns: the machine's slow periods (memory bandwidth down several-fold, for
     seconds to minutes) had fallen on one contender's process and not on the next one's while
     each process ran all its steps alone (until the sixteenth session): one run's ResNet-18
-    rounds gave numba / torch ratios from 0.81 to 1.25. Blocks a quarter of a second long,
+    rounds gave numba / torch ratios from 0.81 to 1.26. Blocks a quarter of a second long,
     taking turns, mostly see the machine in the same state, so their paired ratios
     ("block_ratios": numba / torch of each block) move far less with it (0.92-0.98 for the
     middle 80% of one minute's pairs)."""
