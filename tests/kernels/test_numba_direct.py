@@ -507,6 +507,35 @@ def test_weight_gradients_with_taps_in_the_blocks_slots(c, kernel_hw, hw):
     assert_close(backward(gy, x, w, *geometry, columns=kept)[1], want, bound=bound)
 
 
+@pytest.mark.parametrize("n, c, k, hw, stride", [
+    (9, 17, 8, (12, 12), 1),         # five whole blocks, two channels left over
+    (9, 5, 7, (12, 12), 2),          # one block, two left over, on phase planes
+    (9, 16, 8, (16, 16), 2),         # ResNet-18's first strided layer's 16: one left over
+    (3, 4, 6, (11, 12), 2)])         # interleaved samples
+def test_channels_left_over_by_whole_blocks_put_their_taps_in_the_slots(n, c, k, hw, stride,
+                                                                         monkeypatch):
+    """The channels that whole blocks of GRAD_IN_BLOCK leave over are blocks of one channel
+    with their taps in the slots: the weight gradient equals the reference, and, to the bit,
+    what blocks repeating the last channel give."""
+    direct = _direct()
+    slots_from, c_blocks = direct._slot_blocks(c, 9, (stride, stride))
+    assert slots_from == c // direct.GRAD_IN_BLOCK and c_blocks == slots_from + c % 3
+    rng = np.random.default_rng(c + stride)
+    x = rng.standard_normal((n, c, *hw)).astype(np.float32)
+    w = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
+    geometry = ((stride, stride), (1, 1), (1, 1), 1)
+    forward, _ = numba_and_reference("conv2d_forward")
+    gy = rng.standard_normal(forward(x, w, *geometry).shape).astype(np.float32)
+    _, reference = numba_and_reference("conv2d_weight_grad")
+    got = direct.weight_grad(x, gy, w.shape, (1, 1), (1, 1), (stride, stride))
+    assert_close(got, reference(x, gy, w.shape, *geometry),
+                 bound=reference(np.abs(x), np.abs(gy), w.shape, *geometry))
+    blocks = -(-c // direct.GRAD_IN_BLOCK)
+    monkeypatch.setattr(direct, "_slot_blocks", lambda *args: (blocks, blocks))
+    np.testing.assert_array_equal(
+        direct.weight_grad(x, gy, w.shape, (1, 1), (1, 1), (stride, stride)), got)
+
+
 def test_kept_planes_of_another_convolution_are_ignored():
     """The weight gradient uses the forward's planes only when they are its own grid's: planes
     of another shape (or an im2col column matrix) are not read."""
