@@ -192,8 +192,8 @@ def _workloads(names: list[str], quick: bool, threads: int | None, torch_threads
     OpenMP workers, BLAS's, Numba's) spin and wait on each other on two cores, which slowed
     PyTorch's steps by 2-5x when interleaved with refnas's. Rounds of fresh processes: on this
     shared machine one process could run 20-30% slower than the next for reasons outside it.
-    Blocks taking turns: the machine's slow periods (memory bandwidth down several-fold, for
-    seconds to minutes) had fallen on one contender's process and not on the next one's while
+    Blocks taking turns: the machine's slow periods (for seconds to minutes its cores run
+    compute 1.5x slower, and what reads memory slower still) had fallen on one contender's process and not on the next one's while
     each process ran all its steps alone (until the sixteenth session): one run's ResNet-18
     rounds gave numba / torch ratios from 0.81 to 1.26. Blocks a quarter of a second long,
     taking turns, mostly see the machine in the same state, so their paired ratios

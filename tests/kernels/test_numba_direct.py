@@ -519,7 +519,8 @@ def test_channels_left_over_by_whole_blocks_put_their_taps_in_the_slots(n, c, k,
     what blocks repeating the last channel give."""
     direct = _direct()
     slots_from, c_blocks = direct._slot_blocks(c, 9, (stride, stride))
-    assert slots_from == c // direct.GRAD_IN_BLOCK and c_blocks == slots_from + c % 3
+    assert (slots_from, c_blocks) == (c // direct.GRAD_IN_BLOCK,
+                                      slots_from + c % direct.GRAD_IN_BLOCK)
     rng = np.random.default_rng(c + stride)
     x = rng.standard_normal((n, c, *hw)).astype(np.float32)
     w = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
