@@ -299,6 +299,28 @@ class _BatchNorm(Module):
             return ops.reshape(self._normalise(ops.reshape(x, shape=(*x.shape, 1))), shape=x.shape)
         return self._normalise(x)
 
+    def add_relu(self, x: Tensor, shortcut: Tensor) -> Tensor:
+        r""":math:`\max(\mathrm{BN}(x) + s, 0)`, the end of a residual block, as
+        ``ops.add_relu(self(x), shortcut)``. With batch statistics, no activation of the module's
+        own and no hook on it, one fused op (:func:`refnas.ops.norm.batch_norm_add_relu_primitive`:
+        the sum and the ReLU in the batch norm's passes); a hook still sees this module's own
+        output."""
+        x, shortcut = _tensor(x), _tensor(shortcut)
+        fusable = (x.ndim == 4 and (self.training or not self.track_running_stats)
+                   and self.activation is None and not self._forward_hooks
+                   and not self._forward_pre_hooks)
+        if not fusable:
+            return ops.add_relu(self(x), shortcut)
+        if x.shape[1] != self.num_features:
+            raise self.shape_error(self.expected(), x)
+        if x.size // x.shape[1] < 2:
+            raise self.shape_error(f"{self.expected()} with more than one value per channel in "
+                                   f"training mode", x)
+        return ops.batch_norm(x, self.weight, self.bias, running_mean=self.running_mean,
+                              running_var=self.running_var, training=True,
+                              momentum=self.momentum, eps=self.eps, activation="relu",
+                              shortcut=shortcut)
+
     def _normalise(self, x: Tensor) -> Tensor:
         use_batch = self.training or not self.track_running_stats
         if use_batch and x.size // x.shape[1] < 2:

@@ -32,7 +32,7 @@ from refnas.ops.registry import OpError, primitive
 from refnas.ops.shape import reshape
 from refnas.tensor import Tensor, _array_module, describe, is_grad_enabled
 
-__all__ = ["batch_norm", "batch_norm_primitive", "batch_norm_composed"]
+__all__ = ["batch_norm", "batch_norm_primitive", "batch_norm_add_relu_primitive", "batch_norm_composed"]
 
 
 def _axes(ndim: int) -> tuple[int, ...]:
@@ -81,6 +81,25 @@ def batch_norm_backward_reference(gy, x, weight, mean, invstd, bias=None, relu: 
     return tuple(a.astype(x.dtype, copy=False) for a in (g_x, g_weight, g_bias))
 
 
+@register_kernel("batch_norm_add_relu_forward")
+def batch_norm_add_relu_forward_reference(x, weight, bias, shortcut, eps: float):
+    r""":math:`(z, \mu, r)` with :math:`z = \max(y + s, 0)`: batch norm's y, a residual block's
+    sum with its shortcut s, and the ReLU after it (NumPy reference: the batch norm, a sum and a
+    maximum)."""
+    y, mu, invstd = batch_norm_forward_reference(x, weight, bias, eps)
+    z = _array_module(x).maximum(y + shortcut, 0)
+    return z.astype(x.dtype, copy=False), mu, invstd
+
+
+@register_kernel("batch_norm_add_relu_backward")
+def batch_norm_add_relu_backward_reference(gz, x, z, weight, mean, invstd, bias=None):
+    r""":math:`(\bar x, \bar\gamma, \bar\beta, \bar s)` of :math:`z = \max(\gamma\hat x
+    + \beta + s, 0)`, from the forward's output z: :math:`\bar s = \bar z\,[z > 0]` is both
+    the shortcut's gradient and the batch norm's :math:`\bar y` (NumPy reference)."""
+    g = (gz * (z > 0)).astype(x.dtype, copy=False)
+    return (*batch_norm_backward_reference(g, x, weight, mean, invstd), g)
+
+
 # --------------------------------------------------------------------------------------------
 # The fused primitive
 # --------------------------------------------------------------------------------------------
@@ -126,6 +145,46 @@ def batch_norm_vjp(g, out, x, weight, bias, *, eps, mean, invstd, relu=False):
     if relu:                    # the mask [y > 0], constant away from the kink
         g = relu_backward(g, out)
     return _batch_norm_vjp_ops(g, x, weight, eps)
+
+
+def _sample_batch_norm_add_relu(draw):
+    """A batch norm's operands (:func:`_sample_batch_norm`) and a shortcut, every sum 0.05 or
+    more away from the ReLU's kink."""
+    (x, weight, bias), kwargs = _sample_batch_norm(draw)
+    y, _, _ = batch_norm_forward_reference(x, weight, bias, kwargs["eps"])
+    shortcut = S.array(draw, x.shape)
+    total = y + shortcut
+    shortcut = shortcut + np.where(np.abs(total) < 0.05, np.where(total < 0, -0.1, 0.1), 0.0)
+    return (x, weight, bias, shortcut), {"eps": kwargs["eps"]}
+
+
+@primitive(name="batch_norm_add_relu", saves=True, sample=_sample_batch_norm_add_relu)
+def batch_norm_add_relu_primitive(x, weight, bias, shortcut, *, eps=1e-5):
+    r"""The end of a residual block in one op: :math:`z = \max(\gamma\hat x + \beta + s, 0)`,
+    training-mode batch norm of x (batch statistics, saved as for :func:`batch_norm_primitive`),
+    the shortcut s added and the ReLU applied in the batch norm's own second pass.
+
+    VJP: :math:`\bar s = \bar z\,[z > 0]`, which is also the batch norm's :math:`\bar y`
+    (module docstring). Fused, the sum's array :math:`y + s` is never written and the batch-norm
+    backward reads :math:`\bar z` and z where a ReLU backward had written :math:`\bar s` and the
+    batch norm read it back: three of the block's activation-sized memory passes fewer.
+    """
+    _check_training("batch_norm_add_relu", x, weight, bias)
+    if shortcut.shape != x.shape or shortcut.dtype != x.dtype:
+        raise OpError(f"batch_norm_add_relu: the shortcut must have the input's shape and dtype, "
+                      f"got input {describe([x])} and shortcut {describe([shortcut])}")
+    z, mu, invstd = kernel("batch_norm_add_relu_forward")(x, weight, bias, shortcut, float(eps))
+    return z, {"mean": mu, "invstd": invstd}
+
+
+@batch_norm_add_relu_primitive.defvjp
+def batch_norm_add_relu_vjp(g, out, x, weight, bias, shortcut, *, eps, mean, invstd):
+    if not is_grad_enabled():
+        grads = kernel("batch_norm_add_relu_backward")(g.data, x.data, out.data, weight.data,
+                                                       mean, invstd, bias.data)
+        return tuple(Tensor._wrap(a) for a in grads)
+    masked = relu_backward(g, out)
+    return (*_batch_norm_vjp_ops(masked, x, weight, eps), masked)
 
 
 def _batch_norm_vjp_ops(g: Tensor, x: Tensor, weight: Tensor, eps: float):
@@ -192,10 +251,13 @@ ACTIVATIONS = (None, "relu")
 def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None,
                running_mean: Tensor | np.ndarray | None = None,
                running_var: Tensor | np.ndarray | None = None, training: bool = True,
-               momentum: float = 0.1, eps: float = 1e-5, activation: str | None = None) -> Tensor:
+               momentum: float = 0.1, eps: float = 1e-5, activation: str | None = None,
+               shortcut: Tensor | None = None) -> Tensor:
     r"""Batch normalisation of x (N, C) or (N, C, H, W); ``None`` weight/bias mean 1/0.
     ``activation="relu"`` applies :math:`\max(\cdot, 0)` to the result, fused into the
     batch-norm kernels when training (the same values and gradients as ``relu(batch_norm(x))``).
+    ``shortcut`` (x's shape) is added before the activation: ``relu(batch_norm(x) + shortcut)``
+    ends a residual block, fused when training (:func:`batch_norm_add_relu_primitive`).
 
     Training: batch statistics (fused primitive), and the given running statistics are updated
     in place as PyTorch does, :math:`\hat\mu \leftarrow (1-\alpha)\hat\mu + \alpha\mu`,
@@ -221,8 +283,19 @@ def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
     if activation not in ACTIVATIONS:
         raise OpError(f"batch_norm: activation must be one of {ACTIVATIONS}, got {activation!r}")
     relu = activation == "relu"
+    if shortcut is not None:
+        shortcut = shortcut if isinstance(shortcut, Tensor) else Tensor._wrap(np.asarray(shortcut))
+        if tuple(shortcut.shape) != tuple(x.shape) or shortcut.dtype != x.dtype:
+            raise OpError(f"batch_norm: shortcut must have the input's shape and dtype, got "
+                          f"input {describe([x])} and shortcut {describe([shortcut])}")
+        if not (training and relu):    # nothing to fuse: the sum (and ReLU) as ops of their own
+            y = batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
+            return relu_op(add(y, shortcut)) if relu else add(y, shortcut)
     if training:
-        y = batch_norm_primitive(x, weight, bias, eps=float(eps), relu=relu)
+        if shortcut is not None:
+            y = batch_norm_add_relu_primitive(x, weight, bias, shortcut, eps=float(eps))
+        else:
+            y = batch_norm_primitive(x, weight, bias, eps=float(eps), relu=relu)
         _update_running_stats(x.data, _buffer(running_mean), _buffer(running_var), momentum,
                               _saved_statistics(y), float(eps))
         return y

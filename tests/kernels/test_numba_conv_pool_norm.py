@@ -305,6 +305,45 @@ def _compare_batch_norm(x, weight, bias, gy, relu=False):
                         sums, sums))
 
 
+def _compare_batch_norm_add_relu(x, weight, bias, shortcut, gz):
+    """The fused end of a residual block, max(BN(x) + s, 0), forward and backward, on the two
+    backends. Both backwards get the reference's output z, so that they mask by the same
+    [z > 0] (a value within rounding of 0 may fall either side in the two forwards)."""
+    c = x.shape[1]
+    fast, reference = numba_and_reference("batch_norm_add_relu_forward")
+    z, mean, invstd = reference(x, weight, bias, shortcut, 1e-5)
+    scale = np.abs(z) + np.abs(shortcut) + np.abs(weight).max() * 4 + np.abs(bias).max()
+    assert_close(fast(x, weight, bias, shortcut, 1e-5), (z, mean, invstd),
+                 bound=(scale, np.abs(mean) + 1, invstd * 10))
+    fast, reference = numba_and_reference("batch_norm_add_relu_backward")
+    want = reference(gz, x, z, weight, mean, invstd, bias)
+    np.testing.assert_array_equal(want[3], gz * (z > 0))       # the shortcut's gradient
+    m = x.size // c
+    sums = np.abs(gz).reshape(x.shape[0], c, -1).sum(axis=(0, 2)) * 4
+    assert_close(fast(gz, x, z, weight, mean, invstd, bias), want,
+                 bound=(np.abs(want[0]) + np.abs(weight * invstd).max() * sums.max() / m * 4,
+                        sums, sums, None))
+
+
+@given(data=st.data(), dtype=DTYPES)
+def test_batch_norm_add_relu(data, dtype):
+    """max(BN(x) + s, 0) in the batch norm's passes equals the reference's batch norm, sum and
+    maximum, on drawn shapes (N, C) and (N, C, H, W), non-contiguous operands among them, and
+    on the parallel path's sizes."""
+    c = data.draw(st.integers(1, 5))
+    shape = data.draw(st.sampled_from([
+        (data.draw(st.integers(2, 9)), c),
+        (data.draw(st.integers(1, 3)), c, data.draw(st.integers(1, 5)),
+         data.draw(st.integers(2, 5))),
+        (2, c, 128, PARALLEL_MIN_SIZE // 256 + 1)]))
+    x = normal(data, shape, dtype) + dtype(data.draw(st.sampled_from([0.0, 3.0])))
+    shortcut, gz = normal(data, shape, dtype), normal(data, shape, dtype)
+    if data.draw(st.booleans(), label="transposed shortcut"):
+        shortcut = np.ascontiguousarray(shortcut.swapaxes(0, -1)).swapaxes(0, -1)
+    weight, bias = normal(data, (c,), dtype), normal(data, (c,), dtype)
+    _compare_batch_norm_add_relu(x, weight, bias, shortcut, gz)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(3, 2, 257), (2, 3, 16, 16), (2, 3, 511), (4, 5),
                                    (128, 256), (5, 3, 1), (32, 16, 32, 32), (3, 5, 300, 300)])
@@ -312,7 +351,8 @@ def _compare_batch_norm(x, weight, bias, gy, relu=False):
 def test_batch_norm_block_edges_and_workload_size(shape, dtype, shared_pool, monkeypatch):
     """Rows shorter than, equal to and longer than a summation block (numba_norm.BLOCK),
     (N, C) and (N, C, 1) inputs (the loops along channels), the first ResNet-18 stage and a
-    large image, with and without the fused ReLU; the large float32 images on ranges of
+    large image, with and without the fused ReLU, and with the fused shortcut and ReLU (a
+    residual block's end); the large float32 images on ranges of
     channels in parallel (as while BLAS shares the pool; 5 channels over 4 ranges leave them
     uneven) and serially."""
     from refnas.kernels import numba_norm
@@ -327,6 +367,8 @@ def test_batch_norm_block_edges_and_workload_size(shape, dtype, shared_pool, mon
     weight, bias = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
     for relu in (False, True):
         _compare_batch_norm(x, weight, bias, rng.standard_normal(shape).astype(dtype), relu)
+    _compare_batch_norm_add_relu(x, weight, bias, rng.standard_normal(shape).astype(dtype),
+                                 rng.standard_normal(shape).astype(dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -133,3 +133,56 @@ def test_linear_and_conv_flops_from_shapes():
     assert conv.flops((x,), y) == 4 * 8 * 8 * (2 * 3 * 9 - 1)
     linear = nn.Linear(10, 6)
     assert linear.flops((rn.zeros(1, 10),), linear(rn.zeros(1, 10))) == 2 * 10 * 6
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_batchnorm_add_relu_fuses_relu_of_batchnorm_plus_shortcut(backend):
+    """``bn.add_relu(x, s)`` (a residual block's end, one fused op in training) gives the values,
+    gradients and running statistics of ``add_relu(bn(x), s)``."""
+    if backend not in rn.backend.available():
+        pytest.skip(f"{backend} backend not available")
+    rng = np.random.default_rng(0)
+    x0, s0 = rng.standard_normal((4, 3, 5, 6)) * 2 + 1, rng.standard_normal((4, 3, 5, 6))
+    upstream = rng.standard_normal(x0.shape)
+    results = []
+    with rn.use_backend(backend):
+        for fused in (True, False):
+            bn = nn.BatchNorm2d(3).to(np.float64)
+            bn.weight.data[:] = [1.5, -0.5, 0.8]
+            x, s = rn.tensor(x0, requires_grad=True), rn.tensor(s0, requires_grad=True)
+            z = bn.add_relu(x, s) if fused else rn.ops.add_relu(bn(x), s)
+            assert (z._op.name == "batch_norm_add_relu") == fused
+            (z * rn.tensor(upstream)).sum().backward()
+            results.append((z.data, x.grad.data, s.grad.data, bn.weight.grad.data,
+                            bn.bias.grad.data, bn.running_mean, bn.running_var))
+    assert np.any(results[0][0] == 0) and np.any(results[0][0] > 0)   # the ReLU clips some
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_batchnorm_add_relu_leaves_a_hooked_or_evaluating_module_unfused():
+    """A hook on the batch norm sees its own output, as with ``add_relu(bn(x), s)``; in eval
+    mode the running statistics normalise and nothing is fused."""
+    bn = nn.BatchNorm2d(2)
+    x, s = rn.randn(3, 2, 4, 4, seed=1), rn.randn(3, 2, 4, 4, seed=2)
+    seen = []
+    handle = bn.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    z = bn.add_relu(x, s)
+    handle.remove()
+    assert len(seen) == 1 and np.any(seen[0].data < 0)             # BN's output, before the ReLU
+    np.testing.assert_allclose(z.data, np.maximum(seen[0].data + s.data, 0), rtol=1e-6)
+    bn.eval()
+    z = bn.add_relu(x, s)
+    assert z._op is None or z._op.name != "batch_norm_add_relu"
+    np.testing.assert_allclose(z.data, np.maximum(bn(x).data + s.data, 0), rtol=1e-6)
+
+
+def test_batch_norm_shortcut_of_another_shape_is_refused_before_the_statistics_move():
+    bn = nn.BatchNorm2d(2)
+    x, s = rn.randn(3, 2, 4, 4, seed=1), rn.randn(3, 2, 4, 5, seed=2)
+    with pytest.raises(rn.OpError, match=r"batch_norm: shortcut must have the input's shape and "
+                                         r"dtype, got input \(3, 2, 4, 4\) float32 and shortcut "
+                                         r"\(3, 2, 4, 5\) float32"):
+        bn.add_relu(x, s)
+    np.testing.assert_array_equal(bn.running_mean, 0)
+    np.testing.assert_array_equal(bn.running_var, 1)
