@@ -154,11 +154,12 @@ def _masked(g, centred, scale, shift, relu):
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _backward(gy, x, weight, bias, mean, invstd, relu, gx, gweight, gbias, coef_g, coef_x,
-              coef_1, c0, c1, z, g_shortcut, add_shortcut):
+              coef_1, c0, c1, z, g_shortcut, add_shortcut, gy_more, two_parts):
     r"""Channels c0 <= c < c1 of the backward. With ``add_shortcut``, of
-    :math:`z = \max(\gamma\hat x + \beta + s, 0)`: gy is :math:`\bar z`, and each channel's
-    :math:`\bar s = \bar z\,[z > 0]` is written to ``g_shortcut`` first, then read as the batch
-    norm's :math:`\bar y` by both passes while it is in L2."""
+    :math:`z = \max(\gamma\hat x + \beta + s, 0)`: gy is :math:`\bar z` (with ``two_parts``,
+    gy + gy_more: z's two gradients, added here instead of in a pass of their own), and each
+    channel's :math:`\bar s = \bar z\,[z > 0]` is written to ``g_shortcut`` first, then read
+    as the batch norm's :math:`\bar y` by both passes while it is in L2."""
     n, c, s = x.shape
     count = n * s
     zero = x.dtype.type(0)
@@ -168,8 +169,13 @@ def _backward(gy, x, weight, bias, mean, invstd, relu, gx, gweight, gbias, coef_
         if add_shortcut:
             for i in range(n):
                 g_row, z_row, masked = gy[i, ch], z[i, ch], g_shortcut[i, ch]
-                for j in range(s):
-                    masked[j] = g_row[j] * (z_row[j] > 0)
+                if two_parts:
+                    more = gy_more[i, ch]
+                    for j in range(s):
+                        masked[j] = (g_row[j] + more[j]) * (z_row[j] > 0)
+                else:
+                    for j in range(s):
+                        masked[j] = g_row[j] * (z_row[j] > 0)
         mu = mean[ch]
         scale, shift = weight[ch] * invstd[ch], bias[ch]
         for i in range(n):
@@ -238,10 +244,12 @@ def _backward_2d(gy, x, weight, bias, mean, invstd, relu, gx, gweight, gbias, co
             out[ch] = coef_g[ch] * g + coef_x[ch] * centred + coef_1[ch]
 
 
-# a job's arguments: backward?, mode (1: relu, 2: + shortcut, then relu), (n, c, s), then
+# a job's arguments: backward?, mode (1: relu, 2: + shortcut, then relu, 3: that with z's
+# gradient in two parts), (n, c, s), then
 # (address, length) of gy, x, out, weight, bias, mean, invstd, a..e, of eps (a float64 vector of
-# one), and of the shortcut s (forward) or the output z (backward), and of s's gradient
-_CHANNELS_BLOCK = 35
+# one), and of the shortcut s (forward) or the output z (backward), of s's gradient, and of z's
+# gradient's second part
+_CHANNELS_BLOCK = 37
 
 
 def _channels_task(task, address, tasks):
@@ -258,14 +266,15 @@ def _channels_task(task, address, tasks):
     a, b, c = (vector(block, 19, np.float32), vector(block, 21, np.float32),
                vector(block, 23, np.float32))
     d, e = vector(block, 25, np.float32), vector(block, 27, np.float32)
-    eps, relu, add_shortcut = vector(block, 29, np.float64)[0], block[1] == 1, block[1] == 2
+    eps, relu, add_shortcut = vector(block, 29, np.float64)[0], block[1] == 1, block[1] >= 2
     other = vector(block, 31, np.float32).reshape(shape)
     g_shortcut = vector(block, 33, np.float32).reshape(shape)
+    gy_more = vector(block, 35, np.float32).reshape(shape)
     t = np.int64(task)
     c0, c1 = t * shape[1] // tasks, (t + 1) * shape[1] // tasks
     if block[0]:
         _backward(gy, x, weight, bias, mean, invstd, relu, out, a, b, c, d, e, c0, c1, other,
-                  g_shortcut, add_shortcut)
+                  g_shortcut, add_shortcut, gy_more, block[1] == 3)
     else:
         _forward(x, weight, bias, eps, relu, out, mean, invstd, a, b, c0, c1, other,
                  add_shortcut)
@@ -276,7 +285,7 @@ _channels_job = job(_channels_task)
 
 @njit(cache=True)
 def _launch_channels(address, backward, gy, x, weight, bias, eps, mode, out, mean, invstd, a, b,
-                     c, d, e, other, g_shortcut, tasks):
+                     c, d, e, other, g_shortcut, gy_more, tasks):
     block = np.empty(_CHANNELS_BLOCK, np.int64)
     block[0], block[1] = backward, mode
     block[2], block[3], block[4] = x.shape
@@ -290,20 +299,22 @@ def _launch_channels(address, backward, gy, x, weight, bias, eps, mode, out, mea
     put_vector(block, 29, epsilon)
     put_vector(block, 31, other)
     put_vector(block, 33, g_shortcut)
+    put_vector(block, 35, gy_more)
     launch(address, tasks, block)
 
 
 def _channels_parallel(backward, gy, x, weight, bias, eps, relu, out, mean, invstd, a, b, c, d,
-                       e, tasks, other=None, g_shortcut=None):
+                       e, tasks, other=None, g_shortcut=None, gy_more=None):
     """:func:`_channels_task` over ``tasks`` ranges of channels on Numba's pool (float32,
     C-contiguous (n, c, s) images and (c,) vectors); ``other`` (the shortcut s in a forward, the
     output z in a backward) selects z = max(BN(x) + s, 0), and ``g_shortcut`` takes s's
-    gradient."""
-    mode = 2 if other is not None else int(bool(relu))
+    gradient; ``gy_more``, the second part of z's gradient."""
+    mode = (3 if gy_more is not None else 2) if other is not None else int(bool(relu))
     other = x if other is None else other              # never read outside mode 2
     g_shortcut = x if g_shortcut is None else g_shortcut
+    gy_more = x if gy_more is None else gy_more
     _launch_channels(_channels_job.addresses, backward, gy, x, weight, bias, float(eps), mode,
-                     out, mean, invstd, a, b, c, d, e, other, g_shortcut, tasks)
+                     out, mean, invstd, a, b, c, d, e, other, g_shortcut, gy_more, tasks)
 
 
 # Images of at least this many values split over channels (while the pool is shared). ResNet-18
@@ -368,12 +379,14 @@ def _normalise(x, weight, bias, eps, relu, shortcut=None):
     return y.reshape(x.shape), mean, invstd
 
 
-def _gradients(gy, x, weight, mean, invstd, bias=None, relu=False, z=None):
+def _gradients(gy, x, weight, mean, invstd, bias=None, relu=False, z=None, gy_more=None):
     """The backward of the kernels below: (gx, gweight, gbias). Given the output ``z`` of
-    max(BN(x) + s, 0), gy is z's gradient, and s's gradient, gy [z > 0], comes last."""
+    max(BN(x) + s, 0), gy is z's gradient (plus ``gy_more`` when it comes in two parts), and
+    s's gradient, gy [z > 0], comes last."""
     x3 = _as_3d(x)
     n, c, s = x3.shape
     gy3 = _as_3d(gy)
+    more3 = None if gy_more is None else _as_3d(gy_more)
     weight, bias = _affine(weight, bias, c, x3.dtype)
     gx = np.empty_like(x3)
     z3 = None if z is None else _as_3d(z)
@@ -383,7 +396,8 @@ def _gradients(gy, x, weight, mean, invstd, bias=None, relu=False, z=None):
     outputs = (gweight, gbias, *(np.empty(c, x3.dtype) for _ in range(3)))
     if s == 1:
         if z3 is not None:
-            np.multiply(gy3, z3 > 0, out=g_shortcut)
+            total = gy3 if more3 is None else gy3 + more3
+            np.multiply(total, z3 > 0, out=g_shortcut)
             gy3 = g_shortcut
         _backward_2d(gy3.reshape(n, c), x3.reshape(n, c), *statistics, gx.reshape(n, c),
                      *outputs)
@@ -391,11 +405,13 @@ def _gradients(gy, x, weight, mean, invstd, bias=None, relu=False, z=None):
         tasks = _tasks(x3)
         if tasks == 1:      # (x3 stands in for the arrays a plain batch norm does not read)
             _backward(gy3, x3, *statistics, gx, *outputs, 0, c, x3 if z3 is None else z3,
-                      x3 if z3 is None else g_shortcut, z3 is not None)
+                      x3 if z3 is None else g_shortcut, z3 is not None,
+                      x3 if more3 is None else more3, more3 is not None)
         else:
             weight, bias, mean, invstd, relu = statistics
             _channels_parallel(True, gy3, x3, weight, bias, 0.0, relu, gx, mean, invstd,
-                               *outputs, tasks, other=z3, g_shortcut=g_shortcut)
+                               *outputs, tasks, other=z3, g_shortcut=g_shortcut,
+                               gy_more=more3)
     grads = (gx.reshape(x.shape), gweight, gbias)
     return grads if z is None else (*grads, g_shortcut.reshape(x.shape))
 
@@ -418,9 +434,10 @@ def _supported_add_relu_forward(x, weight, bias, shortcut, eps) -> bool:
             and shortcut.shape == x.shape)
 
 
-def _supported_add_relu_backward(gz, x, z, weight, mean, invstd, bias=None) -> bool:
+def _supported_add_relu_backward(gz, x, z, weight, mean, invstd, bias=None, gz_more=None) -> bool:
     return (_supported_backward(gz, x, weight, mean, invstd, bias)
-            and same_float_dtype(x, z) and z.shape == x.shape == gz.shape)
+            and same_float_dtype(x, z, gz_more) and z.shape == x.shape == gz.shape
+            and (gz_more is None or gz_more.shape == gz.shape))
 
 
 @register_kernel("batch_norm_add_relu_forward", "numba", supports=_supported_add_relu_forward)
@@ -431,9 +448,10 @@ def batch_norm_add_relu_forward(x, weight, bias, shortcut, eps):
 
 
 @register_kernel("batch_norm_add_relu_backward", "numba", supports=_supported_add_relu_backward)
-def batch_norm_add_relu_backward(gz, x, z, weight, mean, invstd, bias=None):
-    """(gx, gweight, gbias, gshortcut) of z = max(BN(x) + shortcut, 0), from z (Numba)."""
-    return _gradients(gz, x, weight, mean, invstd, bias, z=z)
+def batch_norm_add_relu_backward(gz, x, z, weight, mean, invstd, bias=None, gz_more=None):
+    """(gx, gweight, gbias, gshortcut) of z = max(BN(x) + shortcut, 0), from z; z's gradient is
+    gz, or gz + gz_more added in the first pass (Numba)."""
+    return _gradients(gz, x, weight, mean, invstd, bias, z=z, gy_more=gz_more)
 
 
 __all__ = ["batch_norm_forward", "batch_norm_backward", "batch_norm_add_relu_forward",

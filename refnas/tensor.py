@@ -723,6 +723,9 @@ def _run_backward(roots: Sequence[Tensor], root_grads: Sequence[Any] | None, *,
             g = pending.pop(id(node), None)
             if g is None:
                 continue
+            if type(g) is GradientParts and (node._hooks or node._retain or anomaly
+                                             or target_ids is not None):
+                g = g.total()      # someone looks at the gradient itself
             if node._hooks:
                 g = _run_hooks(node, g)
             if target_ids is not None:
@@ -753,7 +756,33 @@ def _run_hooks(node: Tensor, g: Tensor) -> Tensor:
     return g
 
 
-def _accumulate(pending: dict[int, Tensor], x: Tensor, gx: Tensor) -> None:
+class GradientParts:
+    """The two gradients a tensor used twice got, not yet added: handed as they are to the VJP
+    of an op declared ``sums_gradient_parts``, which adds them inside a pass of its own (e.g.
+    :func:`refnas.ops.norm.batch_norm_add_relu_primitive`'s kernel), saving the pass over memory
+    that writes their sum and the one that reads it back. Anything that looks at the gradient
+    itself (a hook, ``retain_grad``, ``refnas.grad``'s targets, anomaly mode) gets
+    :meth:`total`. Only made in a plain backward (no graph of it recorded)."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Tensor, second: Tensor) -> None:
+        self.first, self.second = first, second
+
+    def total(self) -> Tensor:
+        """The sum, as :func:`_accumulate` would have made it."""
+        return _sum_arrays(self.first, self.second)
+
+
+def _sum_arrays(a: Tensor, b: Tensor) -> Tensor:
+    """a + b of two gradients, nothing recorded (out of place: VJPs may hand out shared
+    arrays)."""
+    a, b = a.data, b.data
+    total = _kernel("add")(a, b) if a.shape == b.shape and a.dtype == b.dtype else a + b
+    return Tensor._wrap(_as_array(total))
+
+
+def _accumulate(pending: dict[int, Any], x: Tensor, gx: Tensor) -> None:
     """Add ``gx`` to the gradient collected so far for ``x`` (a tensor used several times)."""
     key = id(x)
     previous = pending.get(key)
@@ -761,10 +790,13 @@ def _accumulate(pending: dict[int, Tensor], x: Tensor, gx: Tensor) -> None:
         pending[key] = gx
     elif _mode.grad_enabled:  # create_graph: the sum is part of the recorded backward pass
         pending[key] = _ops.add(previous, gx)
-    else:  # nothing to record: add the arrays (out of place: VJPs may hand out shared arrays)
-        a, b = previous.data, gx.data
-        total = _kernel("add")(a, b) if a.shape == b.shape and a.dtype == b.dtype else a + b
-        pending[key] = Tensor._wrap(_as_array(total))
+    elif type(previous) is GradientParts:      # a third use: add up what there is
+        pending[key] = _sum_arrays(previous.total(), gx)
+    elif (x._op is not None and x._op.sums_gradient_parts and previous.shape == gx.shape
+          and previous.dtype == gx.dtype):
+        pending[key] = GradientParts(previous, gx)
+    else:
+        pending[key] = _sum_arrays(previous, gx)
 
 
 def _propagate(node: Tensor, g: Tensor, pending: dict[int, Tensor], anomaly: bool) -> None:

@@ -30,7 +30,7 @@ from refnas.ops.elementwise import (_const, add, div, mul, relu as relu_op, relu
 from refnas.ops.reduce import mean, sum as sum_op, var
 from refnas.ops.registry import OpError, primitive
 from refnas.ops.shape import reshape
-from refnas.tensor import Tensor, _array_module, describe, is_grad_enabled
+from refnas.tensor import GradientParts, Tensor, _array_module, describe, is_grad_enabled
 
 __all__ = ["batch_norm", "batch_norm_primitive", "batch_norm_add_relu_primitive", "batch_norm_composed"]
 
@@ -92,10 +92,14 @@ def batch_norm_add_relu_forward_reference(x, weight, bias, shortcut, eps: float)
 
 
 @register_kernel("batch_norm_add_relu_backward")
-def batch_norm_add_relu_backward_reference(gz, x, z, weight, mean, invstd, bias=None):
+def batch_norm_add_relu_backward_reference(gz, x, z, weight, mean, invstd, bias=None,
+                                           gz_more=None):
     r""":math:`(\bar x, \bar\gamma, \bar\beta, \bar s)` of :math:`z = \max(\gamma\hat x
     + \beta + s, 0)`, from the forward's output z: :math:`\bar s = \bar z\,[z > 0]` is both
-    the shortcut's gradient and the batch norm's :math:`\bar y` (NumPy reference)."""
+    the shortcut's gradient and the batch norm's :math:`\bar y` (NumPy reference).
+    :math:`\bar z` is ``gz``, or ``gz + gz_more`` (z's gradient in two parts)."""
+    if gz_more is not None:
+        gz = gz + gz_more
     g = (gz * (z > 0)).astype(x.dtype, copy=False)
     return (*batch_norm_backward_reference(g, x, weight, mean, invstd), g)
 
@@ -158,7 +162,8 @@ def _sample_batch_norm_add_relu(draw):
     return (x, weight, bias, shortcut), {"eps": kwargs["eps"]}
 
 
-@primitive(name="batch_norm_add_relu", saves=True, sample=_sample_batch_norm_add_relu)
+@primitive(name="batch_norm_add_relu", saves=True, sample=_sample_batch_norm_add_relu,
+           sums_gradient_parts=True)
 def batch_norm_add_relu_primitive(x, weight, bias, shortcut, *, eps=1e-5):
     r"""The end of a residual block in one op: :math:`z = \max(\gamma\hat x + \beta + s, 0)`,
     training-mode batch norm of x (batch statistics, saved as for :func:`batch_norm_primitive`),
@@ -167,7 +172,10 @@ def batch_norm_add_relu_primitive(x, weight, bias, shortcut, *, eps=1e-5):
     VJP: :math:`\bar s = \bar z\,[z > 0]`, which is also the batch norm's :math:`\bar y`
     (module docstring). Fused, the sum's array :math:`y + s` is never written and the batch-norm
     backward reads :math:`\bar z` and z where a ReLU backward had written :math:`\bar s` and the
-    batch norm read it back: three of the block's activation-sized memory passes fewer.
+    batch norm read it back: three of the block's activation-sized memory passes fewer. When z
+    is used twice (a block's output feeds the next block's convolution and its shortcut), the
+    engine hands its two gradients over unadded (:class:`refnas.tensor.GradientParts`) and the
+    kernel adds them in its first pass: two passes fewer again.
     """
     _check_training("batch_norm_add_relu", x, weight, bias)
     if shortcut.shape != x.shape or shortcut.dtype != x.dtype:
@@ -180,8 +188,9 @@ def batch_norm_add_relu_primitive(x, weight, bias, shortcut, *, eps=1e-5):
 @batch_norm_add_relu_primitive.defvjp
 def batch_norm_add_relu_vjp(g, out, x, weight, bias, shortcut, *, eps, mean, invstd):
     if not is_grad_enabled():
+        g, more = (g.first, g.second.data) if isinstance(g, GradientParts) else (g, None)
         grads = kernel("batch_norm_add_relu_backward")(g.data, x.data, out.data, weight.data,
-                                                       mean, invstd, bias.data)
+                                                       mean, invstd, bias.data, more)
         return tuple(Tensor._wrap(a) for a in grads)
     masked = relu_backward(g, out)
     return (*_batch_norm_vjp_ops(masked, x, weight, eps), masked)

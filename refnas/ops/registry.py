@@ -22,6 +22,9 @@ out), followed by ``@op.defvjp`` on its VJP (Tensors in, Tensors out)::
   VJP as extra keyword arguments (e.g. a max-pool's argmax indices).
 * ``sample`` draws example inputs for the registry walk (tests and ``refnas verify``), so a new
   op is covered by the gradient property tests without a new test.
+* ``sums_gradient_parts=True``: in a plain backward, when the op's output was used twice, its
+  VJP may get ``g`` as a :class:`refnas.tensor.GradientParts` (the two gradients, unadded) and
+  add them inside its own kernel's pass.
 """
 from __future__ import annotations
 
@@ -45,7 +48,8 @@ class Primitive:
 
     def __init__(self, forward: Callable, *, name: str | None = None, saves: bool = False,
                  sample: Callable | None = None, differentiable: bool = True,
-                 second_order: bool = True, tolerance: dict | None = None) -> None:
+                 second_order: bool = True, tolerance: dict | None = None,
+                 sums_gradient_parts: bool = False) -> None:
         self.forward = forward
         self.name = name or forward.__name__
         self.saves = saves
@@ -53,6 +57,8 @@ class Primitive:
         self.differentiable = differentiable
         self.second_order = second_order
         self.tolerance = tolerance or {}
+        # the VJP takes a tensor.GradientParts for g (two gradients to add) in a plain backward
+        self.sums_gradient_parts = sums_gradient_parts
         self.vjp_fn: Callable | None = None
         self.__doc__ = forward.__doc__
         self.__name__ = self.name

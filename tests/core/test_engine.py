@@ -2,6 +2,7 @@
 and higher-order derivatives, each against a hand-derived or independently computed answer."""
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -306,3 +307,83 @@ def test_explicit_grad_of_another_dtype_is_cast_to_the_output_dtype():
     (x * 3.0).backward(np.array([1.0, 0.5]))          # float64 cotangent
     assert x.grad.dtype == np.float32
     np.testing.assert_array_equal(x.grad.data, [3.0, 1.5])
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient parts: a tensor used twice, whose op adds its two gradients itself
+# --------------------------------------------------------------------------------------------
+def _block_end(rng):
+    """Leaves of a residual block's end, z = relu(BN(x) + s): x, gamma, beta, s (float64)."""
+    x = leaf(rng.standard_normal((4, 3, 5, 6)) * 2 + 1)
+    weight, bias = leaf([1.5, -0.5, 0.8]), leaf([0.1, 0.0, -0.2])
+    return x, weight, bias, leaf(rng.standard_normal((4, 3, 5, 6)))
+
+
+def _fused(x, weight, bias, s):
+    return ops.batch_norm(x, weight, bias, activation="relu", shortcut=s)
+
+
+def _composed(x, weight, bias, s):
+    return ops.relu(ops.batch_norm_composed(x, weight, bias) + s)
+
+
+def _counting_parts(monkeypatch):
+    """Count the GradientParts the engine makes (the VJP still recognises them)."""
+    engine = sys.modules["refnas.tensor"]
+    made = []
+
+    class Counted(engine.GradientParts):
+        __slots__ = ()
+
+        def __init__(self, first, second):
+            made.append(self)
+            super().__init__(first, second)
+
+    monkeypatch.setattr(engine, "GradientParts", Counted)
+    return made
+
+
+@pytest.mark.parametrize("uses", [2, 3])
+def test_a_tensor_used_twice_hands_its_op_both_gradients_unadded(uses, monkeypatch):
+    """z used twice reaches batch_norm_add_relu's VJP as GradientParts, which its kernel adds;
+    used three times, the parts are added up first. Either way the gradients of every input are
+    those of the composed ops (relu, add, batch_norm_composed)."""
+    made = _counting_parts(monkeypatch)
+    rng = np.random.default_rng(0)
+    upstream = [rng.standard_normal((4, 3, 5, 6)) for _ in range(uses)]
+    grads = []
+    for block in (_fused, _composed):
+        leaves = _block_end(np.random.default_rng(1))
+        z = block(*leaves)
+        loss = sum(((z * (0.5 + k)) ** 2 * rn.tensor(u)).sum() if k % 2 else
+                   (z * rn.tensor(u)).sum() for k, u in enumerate(upstream))
+        loss.backward()
+        grads.append([t.grad.data for t in leaves])
+    assert len(made) == 1       # the fused z's first two gradients (a third is added to them)
+    for got, want in zip(*grads):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_whoever_looks_at_a_gradient_in_parts_sees_their_sum(monkeypatch):
+    """A hook, retain_grad and refnas.grad's targets get the summed Tensor: the parts are made,
+    then added up before anything looks at them."""
+    made = _counting_parts(monkeypatch)
+    rng = np.random.default_rng(2)
+    u1, u2 = rng.standard_normal((4, 3, 5, 6)), rng.standard_normal((4, 3, 5, 6))
+
+    def loss_of(z):
+        return (z * rn.tensor(u1)).sum() + (z * z * rn.tensor(u2)).sum()
+
+    seen = []
+    z = _fused(*_block_end(rng))
+    z.register_hook(lambda g: seen.append(g))
+    z.retain_grad()
+    loss_of(z).backward()
+    want = u1 + 2 * z.data * u2                         # d loss / dz, by hand
+    assert len(seen) == 1 and isinstance(seen[0], rn.Tensor)
+    np.testing.assert_allclose(seen[0].data, want, rtol=1e-12)
+    np.testing.assert_allclose(z.grad.data, want, rtol=1e-12)
+    z = _fused(*_block_end(rng))
+    (gz,) = rn.grad(loss_of(z), [z])
+    np.testing.assert_allclose(gz.data, u1 + 2 * z.data * u2, rtol=1e-12)
+    assert len(made) == 2                      # one per backward pass, each added up

@@ -305,10 +305,11 @@ def _compare_batch_norm(x, weight, bias, gy, relu=False):
                         sums, sums))
 
 
-def _compare_batch_norm_add_relu(x, weight, bias, shortcut, gz):
+def _compare_batch_norm_add_relu(x, weight, bias, shortcut, gz, gz_more=None):
     """The fused end of a residual block, max(BN(x) + s, 0), forward and backward, on the two
-    backends. Both backwards get the reference's output z, so that they mask by the same
-    [z > 0] (a value within rounding of 0 may fall either side in the two forwards)."""
+    backends; z's gradient is gz, or gz + gz_more (two parts, added by the kernel). Both
+    backwards get the reference's output z, so that they mask by the same [z > 0] (a value
+    within rounding of 0 may fall either side in the two forwards)."""
     c = x.shape[1]
     fast, reference = numba_and_reference("batch_norm_add_relu_forward")
     z, mean, invstd = reference(x, weight, bias, shortcut, 1e-5)
@@ -316,11 +317,12 @@ def _compare_batch_norm_add_relu(x, weight, bias, shortcut, gz):
     assert_close(fast(x, weight, bias, shortcut, 1e-5), (z, mean, invstd),
                  bound=(scale, np.abs(mean) + 1, invstd * 10))
     fast, reference = numba_and_reference("batch_norm_add_relu_backward")
-    want = reference(gz, x, z, weight, mean, invstd, bias)
-    np.testing.assert_array_equal(want[3], gz * (z > 0))       # the shortcut's gradient
+    want = reference(gz, x, z, weight, mean, invstd, bias, gz_more)
+    total = gz if gz_more is None else gz + gz_more
+    np.testing.assert_array_equal(want[3], total * (z > 0))    # the shortcut's gradient
     m = x.size // c
-    sums = np.abs(gz).reshape(x.shape[0], c, -1).sum(axis=(0, 2)) * 4
-    assert_close(fast(gz, x, z, weight, mean, invstd, bias), want,
+    sums = np.abs(total).reshape(x.shape[0], c, -1).sum(axis=(0, 2)) * 4
+    assert_close(fast(gz, x, z, weight, mean, invstd, bias, gz_more), want,
                  bound=(np.abs(want[0]) + np.abs(weight * invstd).max() * sums.max() / m * 4,
                         sums, sums, None))
 
@@ -341,7 +343,9 @@ def test_batch_norm_add_relu(data, dtype):
     if data.draw(st.booleans(), label="transposed shortcut"):
         shortcut = np.ascontiguousarray(shortcut.swapaxes(0, -1)).swapaxes(0, -1)
     weight, bias = normal(data, (c,), dtype), normal(data, (c,), dtype)
-    _compare_batch_norm_add_relu(x, weight, bias, shortcut, gz)
+    parts = data.draw(st.booleans(), label="z's gradient in two parts")
+    _compare_batch_norm_add_relu(x, weight, bias, shortcut, gz,
+                                 normal(data, shape, dtype) if parts else None)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -352,7 +356,8 @@ def test_batch_norm_block_edges_and_workload_size(shape, dtype, shared_pool, mon
     """Rows shorter than, equal to and longer than a summation block (numba_norm.BLOCK),
     (N, C) and (N, C, 1) inputs (the loops along channels), the first ResNet-18 stage and a
     large image, with and without the fused ReLU, and with the fused shortcut and ReLU (a
-    residual block's end); the large float32 images on ranges of
+    residual block's end; its gradient whole and in two parts); the large float32 images on
+    ranges of
     channels in parallel (as while BLAS shares the pool; 5 channels over 4 ranges leave them
     uneven) and serially."""
     from refnas.kernels import numba_norm
@@ -367,8 +372,10 @@ def test_batch_norm_block_edges_and_workload_size(shape, dtype, shared_pool, mon
     weight, bias = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
     for relu in (False, True):
         _compare_batch_norm(x, weight, bias, rng.standard_normal(shape).astype(dtype), relu)
-    _compare_batch_norm_add_relu(x, weight, bias, rng.standard_normal(shape).astype(dtype),
-                                 rng.standard_normal(shape).astype(dtype))
+    for parts in (1, 2):
+        gz = [rng.standard_normal(shape).astype(dtype) for _ in range(parts)]
+        _compare_batch_norm_add_relu(x, weight, bias, rng.standard_normal(shape).astype(dtype),
+                                     *gz)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
