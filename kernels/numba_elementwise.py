@@ -136,6 +136,63 @@ def add_relu_forward(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# A linear layer's bias and ReLU (refnas.ops.linalg.linear_primitive with relu=True): rows of a
+# few hundred values, in cache after the product, so one thread
+# --------------------------------------------------------------------------------------------
+@njit(cache=True)
+def _bias_relu_rows(y, bias, has_bias):
+    rows, cols = y.shape
+    for i in range(rows):
+        row = y[i]
+        if has_bias:
+            for j in range(cols):
+                v = row[j] + bias[j]
+                row[j] = 0 if v < 0 else v        # NaN passes through, as np.maximum
+        else:
+            for j in range(cols):
+                v = row[j]
+                row[j] = 0 if v < 0 else v
+
+
+@njit(cache=True)
+def _relu_backward_column_sums(g, out, masked, sums):
+    rows, cols = g.shape
+    totals = np.zeros(cols)
+    for i in range(rows):
+        g_row, out_row, m_row = g[i], out[i], masked[i]
+        for j in range(cols):
+            v = g_row[j] * (out_row[j] > 0)
+            m_row[j] = v
+            totals[j] += v
+    for j in range(cols):
+        sums[j] = totals[j]
+
+
+def _bias_relu_supported(y, bias=None) -> bool:
+    return (_float_arrays(y) and y.ndim >= 1 and y.flags.c_contiguous and y.flags.writeable
+            and (bias is None or (_float_arrays(y, bias) and bias.shape == y.shape[-1:])))
+
+
+@register_kernel("bias_relu_forward", "numba", supports=_bias_relu_supported)
+def bias_relu_forward(y: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """max(y + bias, 0) in place on the fresh product y, one pass (Numba)."""
+    rows = y.reshape(-1, y.shape[-1])
+    _bias_relu_rows(rows, rows[0] if bias is None else contiguous(bias), bias is not None)
+    return y
+
+
+@register_kernel("relu_backward_column_sums", "numba", supports=_same_shape_floats)
+def relu_backward_column_sums(g: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(g [out > 0], its sums over every axis but the last), one pass (Numba)."""
+    cols = g.shape[-1] if g.ndim else 1
+    g2, out2 = contiguous(g).reshape(-1, cols), contiguous(out).reshape(-1, cols)
+    masked = np.empty_like(g2)
+    sums = np.empty(cols, g2.dtype)
+    _relu_backward_column_sums(g2, out2, masked, sums)
+    return masked.reshape(g.shape), sums
+
+
+# --------------------------------------------------------------------------------------------
 # GELU (exact, erf form)
 # --------------------------------------------------------------------------------------------
 @njit(cache=True)
@@ -359,4 +416,5 @@ def softmax_cross_entropy_backward(logits, target, weight, label_smoothing, g):
 
 
 __all__ = ["relu_forward", "relu_backward", "gelu_forward", "gelu_backward", "add",
-           "add_relu_forward", "softmax_cross_entropy", "softmax_cross_entropy_backward"]
+           "add_relu_forward", "bias_relu_forward", "relu_backward_column_sums",
+           "softmax_cross_entropy", "softmax_cross_entropy_backward"]

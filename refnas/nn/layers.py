@@ -88,6 +88,15 @@ class Linear(Module):
             raise self.shape_error(f"(..., {self.in_features})", x)
         return ops.linear(x, self.weight, self.bias)
 
+    def forward_relu(self, x: Tensor) -> Tensor:
+        r""":math:`\max(x W^\top + b, 0)`: this layer and the ReLU after it as one op, the bias
+        and the ReLU in one pass over the product (:func:`refnas.ops.linalg.linear_primitive`).
+        :class:`refnas.nn.MLP` calls it for a Linear followed by a ReLU when neither has hooks."""
+        x = _tensor(x)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise self.shape_error(f"(..., {self.in_features})", x)
+        return ops.linear(x, self.weight, self.bias, activation="relu")
+
     def flops(self, inputs: tuple, output: Any) -> int:
         rows = _elements(output) // self.out_features
         return rows * self.out_features * (2 * self.in_features - 1 + (self.bias is not None))

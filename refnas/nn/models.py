@@ -87,9 +87,29 @@ class MLP(Sequential):
                        "dropout": float(dropout), "batch_norm": bool(batch_norm),
                        "seed": int(seed)}
 
+    def forward(self, x: Tensor) -> Tensor:
+        # a Linear and the ReLU after it run as one op (Linear.forward_relu: the ReLU's node,
+        # array and passes saved) unless a hook watches either of them
+        layers = list(self._modules.values())
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if (i + 1 < len(layers) and type(layer) is Linear and type(layers[i + 1]) is ReLU
+                    and not _hooked(layer) and not _hooked(layers[i + 1])):
+                x = layer.forward_relu(x)
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
+        return x
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return (self.config["sizes"][0],)
+
+
+def _hooked(module: Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 # --------------------------------------------------------------------------------------------

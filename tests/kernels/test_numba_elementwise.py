@@ -99,6 +99,31 @@ def test_add_relu(data, dtype):
     np.testing.assert_array_equal(fast(x, y), reference(x, y))
 
 
+@given(data=st.data(), dtype=DTYPES, with_bias=st.booleans())
+def test_a_linear_layers_bias_and_relu(data, dtype, with_bias):
+    """A linear layer's epilogue, max(y + b, 0) in place, and its backward, z's gradient masked
+    by [z > 0] with the bias's gradient (sums over every axis but the last) in the same pass,
+    equal the references; NaN flows as in NumPy."""
+    shape = _shape(data)
+    y, g = normal(data, shape, dtype, scale=3.0), normal(data, shape, dtype)
+    if data.draw(st.booleans(), label="NaN"):
+        y.flat[0] = g.flat[-1] = np.nan
+    bias = normal(data, shape[-1:], dtype) if with_bias else None
+    fast, reference = numba_and_reference("bias_relu_forward")
+    want, work = reference(y.copy(), bias), y.copy()
+    got = fast(work, bias)
+    assert got is work                                  # in place, on the fresh product
+    np.testing.assert_array_equal(got, want)            # one rounding each
+    fast, reference = numba_and_reference("relu_backward_column_sums")
+    masked, sums = reference(g, want)
+    got_masked, got_sums = fast(g, want)
+    np.testing.assert_array_equal(got_masked, masked)
+    finite = np.isfinite(sums)                          # a NaN column sums to NaN in both
+    np.testing.assert_array_equal(np.isnan(got_sums), np.isnan(sums))
+    assert_close(got_sums[finite], sums[finite],
+                 bound=np.abs(masked).reshape(-1, shape[-1]).sum(axis=0)[finite])
+
+
 def test_add_relu_leaves_broadcasting_to_the_reference(monkeypatch):
     """Operands of two shapes are not the Numba kernel's: the registry falls back to the
     reference, which broadcasts, with its one-time warning."""

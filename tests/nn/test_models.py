@@ -27,6 +27,40 @@ def test_mlp_parameter_and_flop_counts_by_hand():
     assert nn.count_flops(model, (64,)) == 2 * 64 * 128 + 128 + 2 * 128 * 10
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_mlp_runs_each_hidden_linear_and_its_relu_as_one_op(backend):
+    """A hidden Linear and its ReLU are one ``linear`` node with ``relu=True``; the values and
+    every gradient are those of the layers run one by one (Sequential's forward)."""
+    if backend not in rn.backend.available():
+        pytest.skip(f"{backend} backend not available")
+    model = nn.MLP([6, 5, 4, 3], seed=0).to(np.float64)
+    x = rn.randn(7, 6, seed=1).astype(np.float64)
+    results = []
+    with rn.use_backend(backend):
+        for forward in (model.forward, lambda t: nn.Sequential.forward(model, t)):
+            model.zero_grad()
+            out = forward(x)
+            hidden = out._inputs[0]                        # the last Linear's input
+            assert (hidden._op.name, hidden._kwargs) == (
+                ("linear", {"relu": True}) if not results else ("relu", {}))
+            (out * out).sum().backward()
+            results.append([out.data] + [p.grad.data for p in model.parameters()])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_keeps_a_hooked_relu_a_module_of_its_own():
+    model = nn.MLP([6, 5, 3], seed=0)
+    seen = []
+    model[2].register_forward_hook(lambda module, inputs, output: seen.append(output))
+    x = rn.randn(4, 6, seed=2)
+    out = model(x)
+    assert len(seen) == 1 and seen[0].data.min() >= 0 and seen[0]._op.name == "relu"
+    np.testing.assert_allclose(out.data, nn.Sequential.forward(model, x).data, rtol=1e-6)
+    with pytest.raises(rn.OpError, match="linear: activation must be None or 'relu', got 'tanh'"):
+        ops.linear(x, model[1].weight, model[1].bias, activation="tanh")
+
+
 def test_seeds_change_the_weights():
     a, b = nn.MLP([4, 8, 2], seed=0), nn.MLP([4, 8, 2], seed=1)
     assert not np.array_equal(a[1].weight.data, b[1].weight.data)
