@@ -310,7 +310,7 @@ def _channels_parallel(backward, gy, x, weight, bias, eps, relu, out, mean, invs
     output z in a backward) selects z = max(BN(x) + s, 0), and ``g_shortcut`` takes s's
     gradient; ``gy_more``, the second part of z's gradient."""
     mode = (3 if gy_more is not None else 2) if other is not None else int(bool(relu))
-    other = x if other is None else other              # never read outside mode 2
+    other = x if other is None else other              # read in modes 2 and 3 only
     g_shortcut = x if g_shortcut is None else g_shortcut
     gy_more = x if gy_more is None else gy_more
     _launch_channels(_channels_job.addresses, backward, gy, x, weight, bias, float(eps), mode,

@@ -83,19 +83,19 @@ class Linear(Module):
         _default_init(self.weight, self.bias, init.as_generator(rng))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = _tensor(x)
-        if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise self.shape_error(f"(..., {self.in_features})", x)
-        return ops.linear(x, self.weight, self.bias)
+        return ops.linear(self._input(x), self.weight, self.bias)
 
     def forward_relu(self, x: Tensor) -> Tensor:
         r""":math:`\max(x W^\top + b, 0)`: this layer and the ReLU after it as one op, the bias
         and the ReLU in one pass over the product (:func:`refnas.ops.linalg.linear_primitive`).
         :class:`refnas.nn.MLP` calls it for a Linear followed by a ReLU when neither has hooks."""
+        return ops.linear(self._input(x), self.weight, self.bias, activation="relu")
+
+    def _input(self, x: Tensor) -> Tensor:
         x = _tensor(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise self.shape_error(f"(..., {self.in_features})", x)
-        return ops.linear(x, self.weight, self.bias, activation="relu")
+        return x
 
     def flops(self, inputs: tuple, output: Any) -> int:
         rows = _elements(output) // self.out_features
@@ -316,21 +316,15 @@ class _BatchNorm(Module):
         output."""
         x, shortcut = _tensor(x), _tensor(shortcut)
         fusable = (x.ndim == 4 and (self.training or not self.track_running_stats)
-                   and self.activation is None and not self._forward_hooks
-                   and not self._forward_pre_hooks)
+                   and self.activation is None and not self._hooked())
         if not fusable:
             return ops.add_relu(self(x), shortcut)
         if x.shape[1] != self.num_features:
             raise self.shape_error(self.expected(), x)
-        if x.size // x.shape[1] < 2:
-            raise self.shape_error(f"{self.expected()} with more than one value per channel in "
-                                   f"training mode", x)
-        return ops.batch_norm(x, self.weight, self.bias, running_mean=self.running_mean,
-                              running_var=self.running_var, training=True,
-                              momentum=self.momentum, eps=self.eps, activation="relu",
-                              shortcut=shortcut)
+        return self._normalise(x, shortcut)
 
-    def _normalise(self, x: Tensor) -> Tensor:
+    def _normalise(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
+        """The op call; with ``shortcut``, relu(BN(x) + shortcut) (:meth:`add_relu`)."""
         use_batch = self.training or not self.track_running_stats
         if use_batch and x.size // x.shape[1] < 2:
             raise self.shape_error(f"{self.expected()} with more than one value per channel in "
@@ -338,7 +332,9 @@ class _BatchNorm(Module):
         # affine=False leaves weight and bias None: the op then scales by 1 and shifts by 0
         return ops.batch_norm(x, self.weight, self.bias, running_mean=self.running_mean,
                               running_var=self.running_var, training=use_batch,
-                              momentum=self.momentum, eps=self.eps, activation=self.activation)
+                              momentum=self.momentum, eps=self.eps,
+                              activation=self.activation if shortcut is None else "relu",
+                              shortcut=shortcut)
 
     def flops(self, inputs: tuple, output: Any) -> int:
         # a scale and a shift per element once the stats are fixed (and the ReLU's comparison)

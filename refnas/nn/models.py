@@ -95,7 +95,7 @@ class MLP(Sequential):
         while i < len(layers):
             layer = layers[i]
             if (i + 1 < len(layers) and type(layer) is Linear and type(layers[i + 1]) is ReLU
-                    and not _hooked(layer) and not _hooked(layers[i + 1])):
+                    and not layer._hooked() and not layers[i + 1]._hooked()):
                 x = layer.forward_relu(x)
                 i += 2
             else:
@@ -106,10 +106,6 @@ class MLP(Sequential):
     @property
     def input_shape(self) -> tuple[int, ...]:
         return (self.config["sizes"][0],)
-
-
-def _hooked(module: Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 # --------------------------------------------------------------------------------------------

@@ -365,6 +365,11 @@ class Module:
         self._forward_hooks[handle.id] = hook
         return handle
 
+    def _hooked(self) -> bool:
+        """Whether a forward hook or pre-hook watches this module (fused paths step aside, so
+        that hooks see the module's own output)."""
+        return bool(self._forward_hooks or self._forward_pre_hooks)
+
     def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
         for hook in list(self._forward_pre_hooks.values()):
             replaced = hook(self, inputs)

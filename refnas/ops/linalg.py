@@ -158,8 +158,7 @@ def linear_primitive(x, weight, bias=None, *, relu=False):
 def linear_vjp(g, out, x, weight, bias=None, *, relu=False):
     gb = None
     if relu:            # from z's gradient to y's: the ReLU's mask [z > 0]
-        if (not is_grad_enabled() and bias is not None and bias.requires_grad
-                and g.shape == out.shape):
+        if not is_grad_enabled() and bias is not None and bias.requires_grad:
             masked, sums = kernel("relu_backward_column_sums")(g.data, out.data)
             g, gb = Tensor._wrap(masked), Tensor._wrap(sums)
         else:

@@ -32,7 +32,8 @@ from refnas.ops.registry import OpError, primitive
 from refnas.ops.shape import reshape
 from refnas.tensor import GradientParts, Tensor, _array_module, describe, is_grad_enabled
 
-__all__ = ["batch_norm", "batch_norm_primitive", "batch_norm_add_relu_primitive", "batch_norm_composed"]
+__all__ = ["batch_norm", "batch_norm_primitive", "batch_norm_add_relu_primitive",
+           "batch_norm_composed"]
 
 
 def _axes(ndim: int) -> tuple[int, ...]:
