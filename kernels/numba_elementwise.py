@@ -184,7 +184,7 @@ def bias_relu_forward(y: np.ndarray, bias: np.ndarray | None = None) -> np.ndarr
 @register_kernel("relu_backward_column_sums", "numba", supports=_same_shape_floats)
 def relu_backward_column_sums(g: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(g [out > 0], its sums over every axis but the last), one pass (Numba)."""
-    cols = g.shape[-1] if g.ndim else 1
+    cols = g.shape[-1]                  # a linear layer's output: at least 1-D
     g2, out2 = contiguous(g).reshape(-1, cols), contiguous(out).reshape(-1, cols)
     masked = np.empty_like(g2)
     sums = np.empty(cols, g2.dtype)

@@ -358,24 +358,24 @@ def _normalise(x, weight, bias, eps, relu, shortcut=None):
     x3 = _as_3d(x)
     n, c, s = x3.shape
     weight, bias = _affine(weight, bias, c, x3.dtype)
-    r3 = None if shortcut is None else _as_3d(shortcut)
+    shortcut3 = None if shortcut is None else _as_3d(shortcut)
     y = np.empty_like(x3)
     mean, invstd = np.empty(c, x3.dtype), np.empty(c, x3.dtype)
     if s == 1:    # (N, C): the shortcut's sum and the ReLU as NumPy passes
-        _forward_2d(x3.reshape(n, c), weight, bias, float(eps), bool(relu) and r3 is None,
+        _forward_2d(x3.reshape(n, c), weight, bias, float(eps), bool(relu) and shortcut3 is None,
                     y.reshape(n, c), mean, invstd, np.empty(c, x3.dtype))
-        if r3 is not None:
-            y += r3
+        if shortcut3 is not None:
+            y += shortcut3
             np.maximum(y, 0, out=y)
     else:
         scratch = (np.empty(c, x3.dtype), np.empty(c, x3.dtype))
         tasks = _tasks(x3)
         if tasks == 1:
             _forward(x3, weight, bias, float(eps), bool(relu), y, mean, invstd, *scratch, 0, c,
-                     x3 if r3 is None else r3, r3 is not None)
+                     x3 if shortcut3 is None else shortcut3, shortcut3 is not None)
         else:
             _channels_parallel(False, x3, x3, weight, bias, float(eps), bool(relu), y, mean,
-                               invstd, *scratch, *scratch[:1] * 3, tasks, other=r3)
+                               invstd, *scratch, *scratch[:1] * 3, tasks, other=shortcut3)
     return y.reshape(x.shape), mean, invstd
 
 

@@ -792,8 +792,7 @@ def _accumulate(pending: dict[int, Any], x: Tensor, gx: Tensor) -> None:
         pending[key] = _ops.add(previous, gx)
     elif type(previous) is GradientParts:      # a third use: add up what there is
         pending[key] = _sum_arrays(previous.total(), gx)
-    elif (x._op is not None and x._op.sums_gradient_parts and previous.shape == gx.shape
-          and previous.dtype == gx.dtype):
+    elif x._op is not None and x._op.sums_gradient_parts:   # (both have x's shape and dtype)
         pending[key] = GradientParts(previous, gx)
     else:
         pending[key] = _sum_arrays(previous, gx)
